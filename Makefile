@@ -1,0 +1,35 @@
+# `make run` and `make test` set everything up on a fresh machine: a virtual environment in
+# .venv with the package and its test tools. Python >= 3.11 is needed (PYTHON=python3.12 to pick).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= deploy/config.example.yaml
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint check clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "sidecar needs Python >= 3.11 (make PYTHON=python3.11)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/sidecar --config $(CONFIG)
+
+check: $(STAMP)
+	$(BIN)/sidecar --config $(CONFIG) --check
+
+test: $(STAMP)
+	$(BIN)/ruff check sidecar tests
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check sidecar tests
+	$(BIN)/ruff format --check sidecar tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info

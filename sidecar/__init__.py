@@ -1,0 +1,3 @@
+"""sidecar: a small, fast OpenAI-compatible LLM gateway."""
+
+__version__ = "0.1.0"

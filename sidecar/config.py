@@ -1,0 +1,411 @@
+"""Load the routing table (YAML or TOML, LiteLLM's schema) into frozen, validated settings.
+
+Everything is checked here, before any socket opens; every error names the file and the key path.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sidecar import providers
+from sidecar.deployment import ConfigError, Deployment, Params
+from sidecar.params import REQUEST_PARAMS
+
+ENV_PREFIX = "os.environ/"
+
+DEFAULT_TIMEOUT = 600.0  # seconds; LiteLLM's default request timeout
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+DEFAULT_DRAIN_TIMEOUT = 30.0
+
+# LiteLLM sections we accept so that its configs load, and what we say about them.
+_FOREIGN_SECTIONS = frozenset(
+    {
+        "litellm_settings",
+        "callback_settings",
+        "credential_list",
+        "guardrails",
+        "include",
+        "files_settings",
+        "assistant_settings",
+        "finetune_settings",
+        "mcp_servers",
+        "search_tools",
+        "vector_store_registry",
+        "prompts",
+    }
+)
+_SECTIONS = frozenset(
+    {"model_list", "router_settings", "general_settings", "sidecar_settings", "environment_variables"}
+)
+
+# litellm_params keys LiteLLM knows that change nothing here (costs, provider-specific knobs).
+_IGNORED_PARAMS = frozenset(
+    {
+        "custom_llm_provider",
+        "input_cost_per_token",
+        "output_cost_per_token",
+        "input_cost_per_second",
+        "output_cost_per_second",
+        "region_name",
+        "drop_params",
+        "use_in_pass_through",
+        "use_litellm_proxy",
+        "merge_reasoning_content_in_choices",
+        "max_parallel_requests",
+        "order",
+        "tags",
+        "litellm_credential_name",
+        "configurable_clientside_auth_params",
+        "model_info",
+        "cache_control_injection_points",
+        "additional_drop_params",
+    }
+)
+
+_ROUTER_KEYS: dict[str, tuple[type | tuple[type, ...], ...]] = {
+    "routing_strategy": (str,),
+    "num_retries": (int,),
+    "timeout": (int, float),
+    "stream_timeout": (int, float),
+    "allowed_fails": (int,),
+    "cooldown_time": (int, float),
+    "fallbacks": (list,),
+    "context_window_fallbacks": (list,),
+    "content_policy_fallbacks": (list,),
+    "default_fallbacks": (list,),
+    "retry_after": (int, float),
+    "enable_pre_call_checks": (bool,),
+}
+ROUTING_STRATEGIES = ("simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing")
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSettings:
+    routing_strategy: str = "simple-shuffle"
+    num_retries: int = 0
+    timeout: float = DEFAULT_TIMEOUT  # seconds; per deployment `timeout` wins
+    stream_timeout: float | None = None
+    allowed_fails: int | None = None
+    cooldown_time: float | None = None
+    fallbacks: tuple[Mapping[str, Any], ...] = ()
+    default_fallbacks: tuple[str, ...] = ()
+    enable_pre_call_checks: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """sidecar_settings: ours. Command-line flags win over these."""
+
+    host: str = "0.0.0.0"
+    port: int = 4000
+    workers: int = 1
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # a larger body gets 413; 0 means no limit
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT  # seconds in-flight requests get on SIGTERM
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    deployments: tuple[Deployment, ...]
+    master_key: str | None  # None: no key is asked of clients
+    router: RouterSettings
+    server: ServerSettings
+    warnings: tuple[str, ...]
+
+
+def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a routing table file; ConfigError names the file and the key."""
+    name = str(path)
+    try:
+        raw = _read(Path(name))
+        return parse(raw, name, os.environ if environ is None else environ)
+    except ConfigError as exc:
+        exc.file = name
+        raise
+
+
+def _read(path: Path) -> Any:
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".toml"):
+        raise ConfigError("", "the file must end in .yaml, .yml or .toml")
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        if suffix == ".toml":
+            return tomllib.loads(text.decode("utf-8"))
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError("", f"not valid {suffix[1:].upper()}: {exc}") from None
+
+
+def parse(raw: Any, name: str, environ: Mapping[str, str]) -> Config:
+    """The validated Config for an already-decoded document."""
+    if not isinstance(raw, dict):
+        raise ConfigError("", "the top level must be a mapping with a model_list")
+    warnings: list[str] = []
+    for key in raw:
+        if key in _FOREIGN_SECTIONS:
+            warnings.append(f"{key}: a LiteLLM section this gateway does not use; ignored")
+        elif key not in _SECTIONS:
+            known = ", ".join(sorted(_SECTIONS))
+            raise ConfigError(str(key), f"unknown section (known: {known})")
+
+    env_vars = _mapping(raw.get("environment_variables"), "environment_variables")
+    # As in LiteLLM, environment_variables are set before anything is read from the environment.
+    env = {**environ, **{str(k): _env_value(v, f"environment_variables.{k}") for k, v in env_vars.items()}}
+
+    router = _router_settings(_mapping(raw.get("router_settings"), "router_settings"), warnings)
+    general = _mapping(raw.get("general_settings"), "general_settings")
+    master_key = None
+    for key, value in general.items():
+        if key == "master_key":
+            if value is not None:
+                master_key = _string(_resolve(value, env, "general_settings.master_key"),
+                                     "general_settings.master_key")
+                if not master_key:
+                    raise ConfigError("general_settings.master_key", "must not be empty")
+        else:
+            warnings.append(f"general_settings.{key}: not used by this gateway; ignored")
+    server = _server_settings(_mapping(raw.get("sidecar_settings"), "sidecar_settings"))
+
+    entries = raw.get("model_list")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("model_list", "must be a non-empty list of models")
+    deployments = tuple(
+        _deployment(entry, i, env, router.timeout, warnings) for i, entry in enumerate(entries)
+    )
+    return Config(name, deployments, master_key, router, server, tuple(warnings))
+
+
+def _deployment(
+    entry: Any, index: int, env: Mapping[str, str], timeout: float, warnings: list[str]
+) -> Deployment:
+    where = f"model_list[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(where, "must be a mapping with model_name and litellm_params")
+    group = entry.get("model_name")
+    if not isinstance(group, str) or not group:
+        raise ConfigError(f"{where}.model_name", "must be a non-empty string")
+    if group.count("*") > 1:
+        raise ConfigError(f"{where}.model_name", "may hold at most one '*'")
+    for key in entry:
+        if key not in ("model_name", "litellm_params", "model_info"):
+            raise ConfigError(f"{where}.{key}", "unknown key (known: model_name, litellm_params, model_info)")
+    info = _mapping(entry.get("model_info"), f"{where}.model_info")
+    params = _params(entry.get("litellm_params"), f"{where}.litellm_params", env, warnings)
+    if params.model.count("*") > 1 or ("*" in params.model and "*" not in group):
+        raise ConfigError(
+            f"{where}.litellm_params.model",
+            "may hold a '*' only when model_name holds one, and at most one",
+        )
+    entry_id = info.get("id")
+    if entry_id is None:
+        entry_id = f"{params.provider}/{params.model}#{index}"
+    elif not isinstance(entry_id, str | int) or isinstance(entry_id, bool):
+        raise ConfigError(f"{where}.model_info.id", "must be a string")
+    return providers.build(
+        str(entry_id), group, params, env, timeout, f"{where}.litellm_params"
+    )
+
+
+_PARAM_TYPES: dict[str, tuple[type, ...]] = {
+    "api_base": (str,),
+    "base_url": (str,),
+    "api_key": (str,),
+    "api_version": (str,),
+    "organization": (str,),
+    "timeout": (int, float, str),
+    "stream_timeout": (int, float, str),
+    "rpm": (int,),
+    "tpm": (int,),
+    "weight": (int, float),
+    "max_retries": (int,),
+    "num_retries": (int,),
+    "mock_response": (str,),
+    "supports_system_message": (bool,),
+    "extra_headers": (dict,),
+    "extra_body": (dict,),
+}
+
+
+def _params(raw: Any, where: str, env: Mapping[str, str], warnings: list[str]) -> Params:
+    if not isinstance(raw, dict):
+        raise ConfigError(where, "must be a mapping with at least `model`")
+    model = raw.get("model")
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"{where}.model", "must be a string like 'openai/<model name>'")
+    provider, upstream = providers.split_model(model, f"{where}.model")
+    fields: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "model":
+            continue
+        path = f"{where}.{key}"
+        value = _resolve(value, env, path)
+        if key in _PARAM_TYPES:
+            if value is None:
+                continue
+            if not isinstance(value, _PARAM_TYPES[key]) or (
+                isinstance(value, bool) and bool not in _PARAM_TYPES[key]
+            ):
+                names = " or ".join(t.__name__ for t in _PARAM_TYPES[key])
+                raise ConfigError(path, f"must be {names}, not {type(value).__name__}")
+            fields[key] = value
+        elif key in REQUEST_PARAMS:
+            defaults[key] = value
+        elif key in _IGNORED_PARAMS:
+            warnings.append(f"{path}: not used by this gateway; ignored")
+        else:
+            raise ConfigError(
+                path, "unknown key: neither a LiteLLM setting nor an OpenAI request parameter"
+            )
+    for key, value in fields.pop("extra_body", {}).items():
+        defaults.setdefault(str(key), value)
+    extra_headers = fields.pop("extra_headers", {})
+    for name, value in extra_headers.items():
+        if not isinstance(value, str) or not _is_token(str(name)) or "\r" in value or "\n" in value:
+            raise ConfigError(f"{where}.extra_headers.{name}", "must be a header name and a string value")
+    for key in ("timeout", "stream_timeout"):
+        if key in fields:
+            fields[key] = _seconds(fields[key], f"{where}.{key}")
+    for key in ("rpm", "tpm", "max_retries", "num_retries"):
+        if key in fields and fields[key] < 0:
+            raise ConfigError(f"{where}.{key}", "must not be negative")
+    if "weight" in fields and fields["weight"] <= 0:
+        raise ConfigError(f"{where}.weight", "must be positive")
+    base_url = fields.pop("base_url", None)
+    fields.setdefault("api_base", base_url)
+    retries = fields.pop("num_retries", None)
+    fields.setdefault("max_retries", retries)
+    return Params(
+        provider=provider,
+        model=upstream,
+        extra_headers={str(k): v for k, v in extra_headers.items()},
+        defaults=defaults,
+        **fields,
+    )
+
+
+def _router_settings(raw: Mapping[str, Any], warnings: list[str]) -> RouterSettings:
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        path = f"router_settings.{key}"
+        if key not in _ROUTER_KEYS:
+            warnings.append(f"{path}: not used by this gateway; ignored")
+            continue
+        if value is None:
+            continue
+        types = _ROUTER_KEYS[key]
+        if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
+            names = " or ".join(t.__name__ for t in types)  # type: ignore[union-attr]
+            raise ConfigError(path, f"must be {names}, not {type(value).__name__}")
+        values[key] = value
+    strategy = values.get("routing_strategy", "simple-shuffle")
+    if strategy not in ROUTING_STRATEGIES:
+        raise ConfigError(
+            "router_settings.routing_strategy",
+            f"unknown strategy '{strategy}' (known: {', '.join(ROUTING_STRATEGIES)})",
+        )
+    for key in ("timeout", "stream_timeout", "cooldown_time"):
+        if key in values:
+            values[key] = _seconds(values[key], f"router_settings.{key}")
+    return RouterSettings(
+        routing_strategy=strategy,
+        num_retries=values.get("num_retries", 0),
+        timeout=values.get("timeout", DEFAULT_TIMEOUT),
+        stream_timeout=values.get("stream_timeout"),
+        allowed_fails=values.get("allowed_fails"),
+        cooldown_time=values.get("cooldown_time"),
+        fallbacks=tuple(values.get("fallbacks", ())),
+        default_fallbacks=tuple(values.get("default_fallbacks", ())),
+        enable_pre_call_checks=values.get("enable_pre_call_checks", False),
+    )
+
+
+def _server_settings(raw: Mapping[str, Any]) -> ServerSettings:
+    values: dict[str, Any] = {}
+    types: dict[str, tuple[type, ...]] = {
+        "host": (str,),
+        "port": (int,),
+        "workers": (int,),
+        "max_request_bytes": (int,),
+        "drain_timeout": (int, float),
+    }
+    for key, value in raw.items():
+        path = f"sidecar_settings.{key}"
+        if key not in types:
+            raise ConfigError(path, f"unknown key (known: {', '.join(types)})")
+        if not isinstance(value, types[key]) or isinstance(value, bool):
+            raise ConfigError(path, f"must be {types[key][0].__name__}")
+        values[key] = value
+    if not 0 <= values.get("port", 0) <= 65535:
+        raise ConfigError("sidecar_settings.port", "must be 0..65535")
+    if values.get("workers", 1) < 1:
+        raise ConfigError("sidecar_settings.workers", "must be at least 1")
+    if values.get("max_request_bytes", 0) < 0:
+        raise ConfigError("sidecar_settings.max_request_bytes", "must not be negative")
+    if values.get("drain_timeout", 0) < 0:
+        raise ConfigError("sidecar_settings.drain_timeout", "must not be negative")
+    return ServerSettings(**values)
+
+
+def _resolve(value: Any, env: Mapping[str, str], where: str) -> Any:
+    """Replace os.environ/NAME strings, at any depth, by the variable's value."""
+    if isinstance(value, str) and value.startswith(ENV_PREFIX):
+        name = value[len(ENV_PREFIX):]
+        if name not in env:
+            raise ConfigError(where, f"environment variable {name} is not set")
+        return env[name]
+    if isinstance(value, dict):
+        return {k: _resolve(v, env, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v, env, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(where, "must be a mapping")
+    return value
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(where, f"must be a string, not {type(value).__name__}")
+    return value
+
+
+def _env_value(value: Any, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ConfigError(where, "must be a string")
+    return str(value)
+
+
+def _seconds(value: Any, where: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(where, f"must be a number of seconds, not {value!r}") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(where, "must be a positive number of seconds")
+    return seconds
+
+
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _is_token(name: str) -> bool:
+    """An HTTP field name (RFC 9110 5.1)."""
+    return bool(name) and all(c in _TOKEN_CHARS for c in name)

@@ -1,0 +1,76 @@
+"""What one routing-table entry becomes once validated: everything a request needs, prepared once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from sidecar.routes import Endpoint
+
+
+class ConfigError(Exception):
+    """An invalid routing table. `where` is the key path, e.g. model_list[2].litellm_params.model."""
+
+    def __init__(self, where: str, message: str, file: str = "") -> None:
+        super().__init__(message)
+        self.where = where
+        self.message = message
+        self.file = file
+
+    def __str__(self) -> str:
+        prefix = f"{self.file}: " if self.file else ""
+        where = f"{self.where}: " if self.where else ""
+        return f"{prefix}{where}{self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """An entry's litellm_params, type-checked, with os.environ/ references resolved.
+
+    None means "not given" throughout; api_key "" means "given empty: send no key".
+    """
+
+    provider: str
+    model: str  # the upstream model name: the part after the provider prefix
+    api_base: str | None = None
+    api_key: str | None = None
+    api_version: str | None = None
+    organization: str | None = None
+    timeout: float | None = None  # seconds until the reply starts, and of silence between chunks
+    stream_timeout: float | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    weight: float | None = None
+    max_retries: int | None = None
+    mock_response: str | None = None
+    supports_system_message: bool | None = None
+    extra_headers: Mapping[str, str] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # OpenAI request parameters
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One upstream that can serve a model group, ready for the hot path."""
+
+    id: str  # names the deployment in response headers and logs; never secret
+    group: str  # the model_name clients send; may hold one '*'
+    provider: str
+    model: str  # upstream model name; a '*' in it takes the part a wildcard group matched
+    urls: Mapping[Endpoint, URL]  # the endpoints this deployment serves, and where
+    headers: Mapping[str, str]  # auth and extra headers, built once at load time
+    defaults: Mapping[Endpoint, Mapping[str, Any]]  # request parameters the client may override
+    timeout: aiohttp.ClientTimeout
+    mock_response: str | None = None
+    supports_system_message: bool = True
+    rpm: int | None = None
+    tpm: int | None = None
+    weight: float | None = None
+
+    def upstream_model(self, wildcard: str | None) -> str:
+        if wildcard is None or "*" not in self.model:
+            return self.model
+        return self.model.replace("*", wildcard, 1)

@@ -1,0 +1,132 @@
+"""The one mapping from failures to OpenAI-shaped error replies.
+
+Every error the sidecar produces itself is the OpenAI API's ErrorResponse:
+{"error": {"message": ..., "type": ..., "param": ..., "code": ...}} with a fitting status.
+Messages never contain a key: callers pass only names and public facts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+INVALID_REQUEST = "invalid_request_error"
+AUTHENTICATION = "authentication_error"
+PERMISSION = "permission_error"
+NOT_FOUND = "not_found_error"
+RATE_LIMIT = "rate_limit_error"
+UPSTREAM = "upstream_error"
+SERVER = "server_error"
+UNAVAILABLE = "service_unavailable"
+
+
+class GatewayError(Exception):
+    """A failure that has an HTTP status and an OpenAI-shaped body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = INVALID_REQUEST,
+        code: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers
+
+    def body(self) -> bytes:
+        error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        return orjson.dumps({"error": error})
+
+    def response(self) -> web.Response:
+        return web.Response(
+            status=self.status,
+            body=self.body(),
+            content_type="application/json",
+            headers=self.headers,
+        )
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
+    return GatewayError(400, message, INVALID_REQUEST, code, param)
+
+
+def unauthorized() -> GatewayError:
+    return GatewayError(
+        401,
+        "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
+        AUTHENTICATION,
+        "invalid_api_key",
+    )
+
+
+def model_not_found(model: str) -> GatewayError:
+    return GatewayError(
+        404,
+        f"The model '{model}' does not exist on this gateway; GET /v1/models lists the models.",
+        INVALID_REQUEST,
+        "model_not_found",
+        "model",
+    )
+
+
+def unknown_path(method: str, path: str) -> GatewayError:
+    return GatewayError(404, f"Invalid URL ({method} {path})", INVALID_REQUEST, "unknown_url")
+
+
+def method_not_allowed(method: str, path: str, allow: frozenset[str]) -> GatewayError:
+    return GatewayError(
+        405,
+        f"Method {method} is not allowed on {path}; allowed: {', '.join(sorted(allow))}.",
+        INVALID_REQUEST,
+        "method_not_allowed",
+        headers={"Allow": ", ".join(sorted(allow))},
+    )
+
+
+def too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        413,
+        f"Request body is larger than this gateway's limit of {limit} bytes.",
+        INVALID_REQUEST,
+        "request_too_large",
+    )
+
+
+def upstream_failure(exc: BaseException, deployment: str) -> GatewayError:
+    """A failure reaching the upstream or reading its reply, before any byte went to the client."""
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return GatewayError(
+            504,
+            f"Upstream '{deployment}' did not answer in time.",
+            UPSTREAM,
+            "upstream_timeout",
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = "connection refused or unreachable"
+    elif isinstance(exc, aiohttp.ServerDisconnectedError):
+        reason = "it closed the connection before replying"
+    elif isinstance(exc, aiohttp.ClientPayloadError):
+        reason = "its reply was cut short"
+    else:
+        reason = type(exc).__name__
+    return GatewayError(
+        502,
+        f"Upstream '{deployment}' could not be reached: {reason}.",
+        UPSTREAM,
+        "upstream_unreachable",
+    )
+
+
+def internal() -> GatewayError:
+    return GatewayError(500, "Internal error in the gateway; see its log.", SERVER, "internal_error")

@@ -1,0 +1,51 @@
+"""Prometheus metrics: a few counters kept in plain dicts, rendered on scrape.
+
+Recording costs a dict update and no lock: one process runs one event loop. Metric names are
+public API (the README lists them); labels carry only configured names, never client input.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+UNKNOWN = ""  # the model label of a request that named no configured model
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.requests: defaultdict[tuple[str, str, str, int], int] = defaultdict(int)
+        self.in_flight = 0
+        self.upstream_errors: defaultdict[tuple[str, str], int] = defaultdict(int)
+
+    def done(self, endpoint: str, model: str, deployment: str, status: int) -> None:
+        self.requests[(endpoint, model, deployment, status)] += 1
+
+    def upstream_error(self, deployment: str, kind: str) -> None:
+        self.upstream_errors[(deployment, kind)] += 1
+
+    def render(self) -> bytes:
+        lines = [
+            "# HELP sidecar_requests_total Requests answered, by endpoint, model group, deployment and status.",
+            "# TYPE sidecar_requests_total counter",
+        ]
+        for (endpoint, model, deployment, status), count in self.requests.items():
+            labels = _labels(endpoint=endpoint, model=model, deployment=deployment, status=str(status))
+            lines.append(f"sidecar_requests_total{{{labels}}} {count}")
+        lines += [
+            "# HELP sidecar_requests_in_flight Requests being served now.",
+            "# TYPE sidecar_requests_in_flight gauge",
+            f"sidecar_requests_in_flight {self.in_flight}",
+            "# HELP sidecar_upstream_errors_total Upstream calls that failed, by deployment and kind.",
+            "# TYPE sidecar_upstream_errors_total counter",
+        ]
+        for (deployment, kind), count in self.upstream_errors.items():
+            lines.append(f"sidecar_upstream_errors_total{{{_labels(deployment=deployment, kind=kind)}}} {count}")
+        return ("\n".join(lines) + "\n").encode()
+
+
+def _labels(**labels: str) -> str:
+    return ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')

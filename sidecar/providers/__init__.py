@@ -1,0 +1,91 @@
+"""Providers: the prefix of litellm_params.model decides how a deployment reaches its upstream.
+
+Each provider family turns validated Params into a Deployment: URLs, headers and defaults are
+computed here, once, at load time, so the hot path only looks them up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import aiohttp
+from yarl import URL
+
+from sidecar.deployment import ConfigError, Deployment, Params
+from sidecar.params import BY_ENDPOINT
+from sidecar.providers import openai
+from sidecar.routes import Endpoint
+
+BUILDERS: dict[str, openai.Builder] = {
+    "openai": openai.build_openai,
+    "text-completion-openai": openai.build_text_completion_openai,
+    "hosted_vllm": openai.build_hosted_vllm,
+    "llamafile": openai.build_llamafile,
+}
+PLANNED = ("azure", "azure_text")
+KNOWN = (*BUILDERS, *PLANNED)
+
+# Names LiteLLM resolves to OpenAI without a prefix ("model: gpt-4o" in its docs' examples).
+_OPENAI_BARE_PREFIXES = ("gpt-", "chatgpt-", "o1", "o3", "o4", "text-embedding-", "ft:gpt-")
+_OPENAI_BARE_NAMES = frozenset({"davinci-002", "babbage-002"})
+
+CONNECT_TIMEOUT = 10.0  # seconds to open a TCP connection; a live upstream needs far less
+
+
+def split_model(model: str, where: str) -> tuple[str, str]:
+    """'hosted_vllm/facebook/opt-125m' -> ('hosted_vllm', 'facebook/opt-125m')."""
+    provider, sep, name = model.partition("/")
+    if sep and provider in KNOWN:
+        if not name:
+            raise ConfigError(where, f"no model name after '{provider}/'")
+        return provider, name
+    if model.startswith(_OPENAI_BARE_PREFIXES) or model in _OPENAI_BARE_NAMES:
+        return "openai", model
+    if sep:
+        raise ConfigError(where, f"unknown provider '{provider}' (known: {', '.join(KNOWN)})")
+    raise ConfigError(
+        where,
+        f"'{model}' names no provider: write '<provider>/{model}' (known: {', '.join(KNOWN)})",
+    )
+
+
+def build(
+    entry_id: str,
+    group: str,
+    params: Params,
+    env: Mapping[str, str],
+    default_timeout: float,
+    where: str,
+) -> Deployment:
+    """Validated params -> a Deployment, or ConfigError naming the key at fault."""
+    if params.provider in PLANNED:
+        raise ConfigError(
+            f"{where}.model", f"provider '{params.provider}' is not supported by this version yet"
+        )
+    if params.mock_response is not None:
+        urls: Mapping[Endpoint, URL] = {}
+        headers: Mapping[str, str] = {}
+    else:
+        urls, headers = BUILDERS[params.provider](params, env, where)
+    defaults = {
+        endpoint: {k: v for k, v in params.defaults.items() if k in accepted}
+        for endpoint, accepted in BY_ENDPOINT.items()
+    }
+    timeout = params.timeout if params.timeout is not None else default_timeout
+    return Deployment(
+        id=entry_id,
+        group=group,
+        provider=params.provider,
+        model=params.model,
+        urls=urls,
+        headers=headers,
+        defaults=defaults,
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=min(CONNECT_TIMEOUT, timeout), sock_read=timeout
+        ),
+        mock_response=params.mock_response,
+        supports_system_message=params.supports_system_message is not False,
+        rpm=params.rpm,
+        tpm=params.tpm,
+        weight=params.weight,
+    )

@@ -1,0 +1,96 @@
+"""The OpenAI-compatible family: openai/, text-completion-openai/, hosted_vllm/, llamafile/.
+
+All of them take the OpenAI routes unchanged at `{api_base}{endpoint}`; they differ in where the
+base and the key come from, and whether a key is required.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from yarl import URL
+
+from sidecar.deployment import ConfigError, Params
+from sidecar.routes import Endpoint
+
+Builder = Callable[[Params, Mapping[str, str], str], tuple[dict[Endpoint, URL], dict[str, str]]]
+
+OPENAI_API_BASE = "https://api.openai.com/v1"
+LLAMAFILE_API_BASE = "http://127.0.0.1:8080/v1"
+
+ALL_ENDPOINTS = (Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS)
+
+
+def endpoint_urls(api_base: str, endpoints: Iterable[Endpoint], where: str) -> dict[Endpoint, URL]:
+    """api_base + endpoint path, nothing else added (users end api_base with /v1)."""
+    base = URL(api_base.rstrip("/"))
+    if base.scheme not in ("http", "https") or not base.host:
+        raise ConfigError(f"{where}.api_base", "must be an http:// or https:// URL with a host")
+    if base.query_string or base.fragment:
+        raise ConfigError(f"{where}.api_base", "must not carry a query or a fragment")
+    return {e: URL(str(base) + e.value, encoded=True) for e in endpoints}
+
+
+def bearer_headers(params: Params, key: str | None) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    if params.organization:
+        headers["OpenAI-Organization"] = params.organization
+    headers.update(params.extra_headers)
+    return headers
+
+
+def _openai_key(params: Params, env: Mapping[str, str], where: str) -> str:
+    if params.api_key is not None:
+        return params.api_key
+    key = env.get("OPENAI_API_KEY")
+    if key is None:
+        raise ConfigError(
+            f"{where}.api_key",
+            f"no key for '{params.provider}/{params.model}': set api_key or OPENAI_API_KEY; "
+            f"for a server that takes no key use hosted_vllm/{params.model} (or api_key: \"\")",
+        )
+    return key
+
+
+def _openai_base(params: Params, env: Mapping[str, str]) -> str:
+    return params.api_base or env.get("OPENAI_API_BASE") or env.get("OPENAI_BASE_URL") or (
+        OPENAI_API_BASE
+    )
+
+
+def build_openai(
+    params: Params, env: Mapping[str, str], where: str
+) -> tuple[dict[Endpoint, URL], dict[str, str]]:
+    key = _openai_key(params, env, where)
+    urls = endpoint_urls(_openai_base(params, env), ALL_ENDPOINTS, where)
+    return urls, bearer_headers(params, key)
+
+
+def build_text_completion_openai(
+    params: Params, env: Mapping[str, str], where: str
+) -> tuple[dict[Endpoint, URL], dict[str, str]]:
+    key = _openai_key(params, env, where)
+    urls = endpoint_urls(_openai_base(params, env), (Endpoint.COMPLETIONS,), where)
+    return urls, bearer_headers(params, key)
+
+
+def build_hosted_vllm(
+    params: Params, env: Mapping[str, str], where: str
+) -> tuple[dict[Endpoint, URL], dict[str, str]]:
+    base = params.api_base or env.get("HOSTED_VLLM_API_BASE")
+    if not base:
+        raise ConfigError(
+            f"{where}.api_base", "hosted_vllm needs api_base (or HOSTED_VLLM_API_BASE)"
+        )
+    key = params.api_key if params.api_key is not None else env.get("HOSTED_VLLM_API_KEY")
+    return endpoint_urls(base, ALL_ENDPOINTS, where), bearer_headers(params, key)
+
+
+def build_llamafile(
+    params: Params, env: Mapping[str, str], where: str
+) -> tuple[dict[Endpoint, URL], dict[str, str]]:
+    base = params.api_base or env.get("LLAMAFILE_API_BASE") or LLAMAFILE_API_BASE
+    key = params.api_key if params.api_key is not None else env.get("LLAMAFILE_API_KEY")
+    return endpoint_urls(base, ALL_ENDPOINTS, where), bearer_headers(params, key)

@@ -1,0 +1,185 @@
+"""The request handler: body -> route -> deployment -> upstream -> pipe back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+
+from sidecar import auth, errors, mock, pipe, request as requests
+from sidecar.config import Config
+from sidecar.deployment import Deployment
+from sidecar.headers import DEPLOYMENT_HEADER, upstream_request_headers
+from sidecar.metrics import UNKNOWN, Metrics
+from sidecar.routes import MODEL_ENDPOINTS, Endpoint, RouteError, match
+from sidecar.table import Table, pick
+
+log = logging.getLogger("sidecar")
+
+CLIENT_GONE = 499
+_LIVE = orjson.dumps({"status": "ok"})
+_READY = orjson.dumps({"status": "ready"})
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """Everything a request reads from the configuration; replaced whole on reload."""
+
+    config: Config
+    table: Table
+    key_digest: bytes | None
+    models_body: bytes
+
+    @classmethod
+    def of(cls, config: Config) -> State:
+        table = Table(config.deployments)
+        created = int(time.time())
+        owners = {d.group: d.provider for d in reversed(config.deployments)}
+        models = {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": created, "owned_by": owners[name]}
+                for name in table.names
+            ],
+        }
+        key = auth.digest(config.master_key) if config.master_key is not None else None
+        return cls(config, table, key, orjson.dumps(models))
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the access log and metrics learn of one request as it goes."""
+
+    model: str = UNKNOWN
+    deployment: str = ""
+
+
+class Gateway:
+    def __init__(self, config: Config, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+        self.state = State.of(config)
+        self.session = session
+        self.metrics = metrics
+        self.draining = False
+
+    def reload(self, config: Config) -> None:
+        """Swap the table; requests already running keep the State they started with."""
+        self.state = State.of(config)
+
+    async def handle(self, request: BaseRequest) -> web.StreamResponse:
+        try:
+            endpoint = match(request.method, request.path)
+        except RouteError as exc:
+            if exc.status == 405:
+                return errors.method_not_allowed(request.method, request.path, exc.allow).response()
+            return errors.unknown_path(request.method, request.path).response()
+        outcome = Outcome()
+        status = 500
+        self.metrics.in_flight += 1
+        try:
+            response = await self._dispatch(request, endpoint, outcome)
+            status = response.status
+            return response
+        except errors.GatewayError as exc:
+            status = exc.status
+            return exc.response()
+        except web.HTTPRequestEntityTooLarge:
+            status = 413
+            return errors.too_large(self.state.config.server.max_request_bytes).response()
+        except (asyncio.CancelledError, ConnectionResetError) as exc:
+            # The client went away (499 is nginx's code for it); nobody is left to answer.
+            status = CLIENT_GONE
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return web.Response(status=CLIENT_GONE)
+        except Exception:
+            log.exception("unhandled error serving %s %s", request.method, request.path)
+            return errors.internal().response()
+        finally:
+            self.metrics.in_flight -= 1
+            self.metrics.done(endpoint.name.lower(), outcome.model, outcome.deployment, status)
+
+    async def _dispatch(
+        self, request: BaseRequest, endpoint: Endpoint, outcome: Outcome
+    ) -> web.StreamResponse:
+        state = self.state
+        if endpoint in MODEL_ENDPOINTS:
+            if not auth.allowed(request.headers, state.key_digest):
+                raise errors.unauthorized()
+            return await self._forward(request, endpoint, state, outcome)
+        if endpoint is Endpoint.MODELS:
+            if not auth.allowed(request.headers, state.key_digest):
+                raise errors.unauthorized()
+            return web.Response(body=state.models_body, content_type="application/json")
+        if endpoint is Endpoint.LIVELINESS:
+            return web.Response(body=_LIVE, content_type="application/json")
+        if endpoint is Endpoint.READINESS:
+            if self.draining:
+                raise errors.GatewayError(
+                    503, "The gateway is shutting down.", errors.UNAVAILABLE, "draining"
+                )
+            return web.Response(body=_READY, content_type="application/json")
+        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def _forward(
+        self, request: BaseRequest, endpoint: Endpoint, state: State, outcome: Outcome
+    ) -> web.StreamResponse:
+        limit = state.config.server.max_request_bytes
+        if limit and request.content_length is not None and request.content_length > limit:
+            raise errors.too_large(limit)  # before reading a byte of it
+        body = requests.parse(await request.read(), endpoint)
+        model: str = body["model"]
+        found = state.table.lookup(model)
+        if found is None:
+            raise errors.model_not_found(model)
+        outcome.model = found.group.name
+        deployment = pick(found.group)
+        outcome.deployment = deployment.id
+        upstream_model = deployment.upstream_model(found.wildcard)
+        if deployment.mock_response is not None:
+            return await _mock(request, endpoint, body, deployment, upstream_model)
+        url = deployment.urls.get(endpoint)
+        if url is None:
+            raise errors.bad_request(
+                f"The model '{model}' does not serve {endpoint.value}.", "model", "unsupported_endpoint"
+            )
+        payload = requests.upstream_body(body, upstream_model, deployment.defaults[endpoint])
+        headers = upstream_request_headers(deployment.headers, request.headers)
+        try:
+            reply = await self.session.post(
+                url, data=payload, headers=headers, timeout=deployment.timeout
+            )
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            failure = errors.upstream_failure(exc, deployment.id)
+            self.metrics.upstream_error(deployment.id, failure.code or "")
+            raise failure from None
+        return await pipe.relay(request, reply, deployment.id)
+
+
+async def _mock(
+    request: BaseRequest,
+    endpoint: Endpoint,
+    body: dict[str, Any],
+    deployment: Deployment,
+    model: str,
+) -> web.StreamResponse:
+    if endpoint is Endpoint.EMBEDDINGS:
+        raise errors.bad_request(
+            f"The model '{body['model']}' answers with mock_response, which serves chat and text "
+            "completions only.",
+            "model",
+            "unsupported_endpoint",
+        )
+    text = deployment.mock_response or ""
+    headers = {DEPLOYMENT_HEADER: deployment.id}
+    if body.get("stream"):
+        return await pipe.send_events(request, mock.stream(body, endpoint, model, text), headers)
+    return web.Response(
+        body=mock.reply(body, endpoint, model, text), content_type="application/json", headers=headers
+    )

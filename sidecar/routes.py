@@ -1,0 +1,79 @@
+"""The route table: (method, path) -> endpoint. Matching is pure; handling lives in proxy.py."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Endpoint(enum.Enum):
+    """What a path asks for. The value of a model endpoint is the path appended to api_base."""
+
+    CHAT = "/chat/completions"
+    COMPLETIONS = "/completions"
+    EMBEDDINGS = "/embeddings"
+    MODELS = "/models"
+    LIVELINESS = "/health/liveliness"
+    READINESS = "/health/readiness"
+    METRICS = "/metrics"
+
+
+# Endpoints that carry a model in the body and are forwarded upstream.
+MODEL_ENDPOINTS = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS})
+
+_ROUTES: tuple[tuple[str, str, Endpoint], ...] = (
+    ("POST", "/chat/completions", Endpoint.CHAT),
+    ("POST", "/completions", Endpoint.COMPLETIONS),
+    ("POST", "/embeddings", Endpoint.EMBEDDINGS),
+    ("GET", "/models", Endpoint.MODELS),
+)
+# Operational paths: not under /v1, and never behind the key, so probes need no secret.
+_OPS_ROUTES: tuple[tuple[str, str, Endpoint], ...] = (
+    ("GET", "/health/liveliness", Endpoint.LIVELINESS),
+    ("GET", "/health/liveliness/", Endpoint.LIVELINESS),
+    ("GET", "/health/readiness", Endpoint.READINESS),
+    ("GET", "/health/readiness/", Endpoint.READINESS),
+    ("GET", "/metrics", Endpoint.METRICS),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    endpoint: Endpoint
+    methods: frozenset[str]
+
+
+class RouteError(Exception):
+    """A path that is unknown (404) or a known path asked with the wrong method (405)."""
+
+    def __init__(self, status: int, method: str, path: str, allow: frozenset[str] = frozenset()):
+        super().__init__(f"{method} {path}")
+        self.status = status
+        self.allow = allow
+
+
+def _build() -> dict[str, Route]:
+    table: dict[str, dict[str, Endpoint]] = {}
+    for method, path, endpoint in _ROUTES:
+        for full in (path, "/v1" + path):
+            table.setdefault(full, {})[method] = endpoint
+    for method, path, endpoint in _OPS_ROUTES:
+        table.setdefault(path, {})[method] = endpoint
+    routes = {}
+    for path, by_method in table.items():
+        (endpoint,) = set(by_method.values())
+        routes[path] = Route(endpoint, frozenset(by_method))
+    return routes
+
+
+ROUTES: dict[str, Route] = _build()
+
+
+def match(method: str, path: str) -> Endpoint:
+    """The endpoint for a request line, or RouteError. HEAD is served where GET is (RFC 9110 9.3.2)."""
+    route = ROUTES.get(path)
+    if route is None:
+        raise RouteError(404, method, path)
+    if method in route.methods or (method == "HEAD" and "GET" in route.methods):
+        return route.endpoint
+    raise RouteError(405, method, path, route.methods)

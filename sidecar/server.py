@@ -1,0 +1,126 @@
+"""aiohttp's low-level server around the Gateway: start, signals, reload, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import os
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from sidecar import config as configs
+from sidecar.config import Config
+from sidecar.deployment import ConfigError
+from sidecar.metrics import Metrics
+from sidecar.proxy import Gateway
+from sidecar.upstream import new_session
+
+log = logging.getLogger("sidecar")
+
+KEEPALIVE_TIMEOUT = 75.0  # seconds an idle client connection stays open; above common LB idle limits
+
+
+@dataclass
+class Running:
+    gateway: Gateway
+    runner: web.ServerRunner
+    port: int
+
+    async def stop(self) -> None:
+        """Stop listening, let in-flight requests finish (up to the drain timeout), close the pool."""
+        self.gateway.draining = True
+        await self.runner.cleanup()
+        await self.gateway.session.close()
+
+
+async def start(config: Config, host: str, port: int, *, reuse_port: bool = False) -> Running:
+    session = new_session()
+    gateway = Gateway(config, session, Metrics())
+    loop = asyncio.get_running_loop()
+
+    def make_request(
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: web.AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> BaseRequest:
+        # The body limit is read per request so that a reload can change it.
+        limit = gateway.state.config.server.max_request_bytes
+        return BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=limit)
+
+    # handler_cancellation: when a client disconnects, its handler is cancelled, which closes the
+    # upstream request at once instead of letting it run to the end for nobody.
+    server = web.Server(
+        gateway.handle,
+        request_factory=make_request,
+        handler_cancellation=True,
+        access_log=None,
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
+    )
+    runner = web.ServerRunner(server, shutdown_timeout=config.server.drain_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        await session.close()
+        raise
+    bound = runner.addresses[0][1] if runner.addresses else port
+    return Running(gateway, runner, bound)
+
+
+def reload(running: Running, path: str) -> bool:
+    """Load the file again; an invalid one is refused and the table in service is kept."""
+    try:
+        new = configs.load(path)
+    except ConfigError as exc:
+        log.error("reload refused, keeping the current table: %s", exc)
+        return False
+    for warning in new.warnings:
+        log.warning("%s: %s", path, warning)
+    running.gateway.reload(new)
+    log.info("reloaded %s: %d deployments", path, len(new.deployments))
+    return True
+
+
+async def serve(config: Config, host: str, port: int, *, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM or SIGINT, then drain; SIGHUP reloads the file."""
+    running = await start(config, host, port, reuse_port=reuse_port)
+    log.info("sidecar listening on %s:%d with %d deployments", host, running.port, len(config.deployments))
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGINT, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, reload, running, config.path)
+    await stopping.wait()
+    log.info("draining (up to %.0fs)", config.server.drain_timeout)
+    # A second signal while draining exits at once.
+    loop.add_signal_handler(signal.SIGTERM, _exit_now)
+    loop.add_signal_handler(signal.SIGINT, _exit_now)
+    await running.stop()
+    log.info("stopped")
+
+
+def _exit_now() -> None:
+    os._exit(1)
+
+
+def run(config: Config, host: str, port: int, *, reuse_port: bool = False) -> None:
+    """The blocking entry point of one worker process, on uvloop when it is installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        runner_factory = None
+    else:
+        runner_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=runner_factory) as runner:
+        runner.run(serve(config, host, port, reuse_port=reuse_port))
+
