@@ -8,30 +8,40 @@ import os
 import sys
 from collections.abc import Sequence
 
-from sidecar import __version__, config as configs
+from sidecar import __version__
+from sidecar import config as configs
 from sidecar.deployment import ConfigError
 from sidecar.describe import describe
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sidecar", description="An OpenAI-compatible LLM gateway.")
-    p.add_argument("--config", default=os.environ.get("SIDECAR_CONFIG"),
-                   help="routing table, .yaml/.yml or .toml (default: $SIDECAR_CONFIG)")
+    p.add_argument(
+        "--config",
+        default=os.environ.get("SIDECAR_CONFIG"),
+        help="routing table, .yaml/.yml or .toml (default: $SIDECAR_CONFIG)",
+    )
     p.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=int, help="port to listen on (default 4000)")
     p.add_argument("--workers", type=int, help="worker processes sharing the port (default 1)")
-    p.add_argument("--check", action="store_true",
-                   help="validate the file, print the routing table and exit")
+    p.add_argument(
+        "--check", action="store_true", help="validate the file, print the routing table and exit"
+    )
     p.add_argument("--version", action="version", version=f"sidecar {__version__}")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     if not args.config:
-        print("sidecar: no routing table: pass --config FILE or set SIDECAR_CONFIG", file=sys.stderr)
+        print(
+            "sidecar: no routing table: pass --config FILE or set SIDECAR_CONFIG", file=sys.stderr
+        )
         return 2
     try:
         config = configs.load(args.config)

@@ -42,7 +42,13 @@ _FOREIGN_SECTIONS = frozenset(
     }
 )
 _SECTIONS = frozenset(
-    {"model_list", "router_settings", "general_settings", "sidecar_settings", "environment_variables"}
+    {
+        "model_list",
+        "router_settings",
+        "general_settings",
+        "sidecar_settings",
+        "environment_variables",
+    }
 )
 
 # litellm_params keys LiteLLM knows that change nothing here (costs, provider-specific knobs).
@@ -83,7 +89,12 @@ _ROUTER_KEYS: dict[str, tuple[type | tuple[type, ...], ...]] = {
     "retry_after": (int, float),
     "enable_pre_call_checks": (bool,),
 }
-ROUTING_STRATEGIES = ("simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing")
+ROUTING_STRATEGIES = (
+    "simple-shuffle",
+    "least-busy",
+    "latency-based-routing",
+    "usage-based-routing",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +154,7 @@ def _read(path: Path) -> Any:
         if suffix == ".toml":
             return tomllib.loads(text.decode("utf-8"))
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
+        return yaml.load(text, Loader=loader)
     except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError("", f"not valid {suffix[1:].upper()}: {exc}") from None
 
@@ -162,7 +173,10 @@ def parse(raw: Any, name: str, environ: Mapping[str, str]) -> Config:
 
     env_vars = _mapping(raw.get("environment_variables"), "environment_variables")
     # As in LiteLLM, environment_variables are set before anything is read from the environment.
-    env = {**environ, **{str(k): _env_value(v, f"environment_variables.{k}") for k, v in env_vars.items()}}
+    env = {
+        **environ,
+        **{str(k): _env_value(v, f"environment_variables.{k}") for k, v in env_vars.items()},
+    }
 
     router = _router_settings(_mapping(raw.get("router_settings"), "router_settings"), warnings)
     general = _mapping(raw.get("general_settings"), "general_settings")
@@ -170,8 +184,10 @@ def parse(raw: Any, name: str, environ: Mapping[str, str]) -> Config:
     for key, value in general.items():
         if key == "master_key":
             if value is not None:
-                master_key = _string(_resolve(value, env, "general_settings.master_key"),
-                                     "general_settings.master_key")
+                master_key = _string(
+                    _resolve(value, env, "general_settings.master_key"),
+                    "general_settings.master_key",
+                )
                 if not master_key:
                     raise ConfigError("general_settings.master_key", "must not be empty")
         else:
@@ -200,7 +216,9 @@ def _deployment(
         raise ConfigError(f"{where}.model_name", "may hold at most one '*'")
     for key in entry:
         if key not in ("model_name", "litellm_params", "model_info"):
-            raise ConfigError(f"{where}.{key}", "unknown key (known: model_name, litellm_params, model_info)")
+            raise ConfigError(
+                f"{where}.{key}", "unknown key (known: model_name, litellm_params, model_info)"
+            )
     info = _mapping(entry.get("model_info"), f"{where}.model_info")
     params = _params(entry.get("litellm_params"), f"{where}.litellm_params", env, warnings)
     if params.model.count("*") > 1 or ("*" in params.model and "*" not in group):
@@ -213,9 +231,7 @@ def _deployment(
         entry_id = f"{params.provider}/{params.model}#{index}"
     elif not isinstance(entry_id, str | int) or isinstance(entry_id, bool):
         raise ConfigError(f"{where}.model_info.id", "must be a string")
-    return providers.build(
-        str(entry_id), group, params, env, timeout, f"{where}.litellm_params"
-    )
+    return providers.build(str(entry_id), group, params, env, timeout, f"{where}.litellm_params")
 
 
 _PARAM_TYPES: dict[str, tuple[type, ...]] = {
@@ -274,7 +290,9 @@ def _params(raw: Any, where: str, env: Mapping[str, str], warnings: list[str]) -
     extra_headers = fields.pop("extra_headers", {})
     for name, value in extra_headers.items():
         if not isinstance(value, str) or not _is_token(str(name)) or "\r" in value or "\n" in value:
-            raise ConfigError(f"{where}.extra_headers.{name}", "must be a header name and a string value")
+            raise ConfigError(
+                f"{where}.extra_headers.{name}", "must be a header name and a string value"
+            )
     for key in ("timeout", "stream_timeout"):
         if key in fields:
             fields[key] = _seconds(fields[key], f"{where}.{key}")
@@ -306,7 +324,7 @@ def _router_settings(raw: Mapping[str, Any], warnings: list[str]) -> RouterSetti
         if value is None:
             continue
         types = _ROUTER_KEYS[key]
-        if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             names = " or ".join(t.__name__ for t in types)  # type: ignore[union-attr]
             raise ConfigError(path, f"must be {names}, not {type(value).__name__}")
         values[key] = value
@@ -362,7 +380,7 @@ def _server_settings(raw: Mapping[str, Any]) -> ServerSettings:
 def _resolve(value: Any, env: Mapping[str, str], where: str) -> Any:
     """Replace os.environ/NAME strings, at any depth, by the variable's value."""
     if isinstance(value, str) and value.startswith(ENV_PREFIX):
-        name = value[len(ENV_PREFIX):]
+        name = value[len(ENV_PREFIX) :]
         if name not in env:
             raise ConfigError(where, f"environment variable {name} is not set")
         return env[name]
@@ -403,7 +421,9 @@ def _seconds(value: Any, where: str) -> float:
     return seconds
 
 
-_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
 
 
 def _is_token(name: str) -> bool:

@@ -20,7 +20,9 @@ def describe(config: Config) -> str:
         else:
             # Credentials written into api_base (user:password@) are not shown.
             target = " ".join(str(d.urls[e].with_user(None)) for e in Endpoint if e in d.urls)
-        auth = next((v for k, v in d.headers.items() if k.lower() in ("authorization", "api-key")), None)
+        auth = next(
+            (v for k, v in d.headers.items() if k.lower() in ("authorization", "api-key")), None
+        )
         key = fingerprint(auth.removeprefix("Bearer ")) if auth else "no key"
         lines.append(f"  {d.group} -> {d.provider}/{d.model} [{d.id}] {target} ({key})")
     master = fingerprint(config.master_key) if config.master_key else "none (open)"

@@ -129,4 +129,6 @@ def upstream_failure(exc: BaseException, deployment: str) -> GatewayError:
 
 
 def internal() -> GatewayError:
-    return GatewayError(500, "Internal error in the gateway; see its log.", SERVER, "internal_error")
+    return GatewayError(
+        500, "Internal error in the gateway; see its log.", SERVER, "internal_error"
+    )

@@ -29,7 +29,9 @@ class Metrics:
             "# TYPE sidecar_requests_total counter",
         ]
         for (endpoint, model, deployment, status), count in self.requests.items():
-            labels = _labels(endpoint=endpoint, model=model, deployment=deployment, status=str(status))
+            labels = _labels(
+                endpoint=endpoint, model=model, deployment=deployment, status=str(status)
+            )
             lines.append(f"sidecar_requests_total{{{labels}}} {count}")
         lines += [
             "# HELP sidecar_requests_in_flight Requests being served now.",
@@ -39,7 +41,9 @@ class Metrics:
             "# TYPE sidecar_upstream_errors_total counter",
         ]
         for (deployment, kind), count in self.upstream_errors.items():
-            lines.append(f"sidecar_upstream_errors_total{{{_labels(deployment=deployment, kind=kind)}}} {count}")
+            lines.append(
+                f"sidecar_upstream_errors_total{{{_labels(deployment=deployment, kind=kind)}}} {count}"
+            )
         return ("\n".join(lines) + "\n").encode()
 
 

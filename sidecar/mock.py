@@ -47,7 +47,11 @@ def _choices(body: dict[str, Any]) -> int:
 def _usage(body: dict[str, Any], endpoint: Endpoint, text: str, n: int) -> dict[str, int]:
     prompt = _count_tokens(_prompt_text(body, endpoint))
     completion = _count_tokens(text) * n
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def reply(body: dict[str, Any], endpoint: Endpoint, model: str, text: str) -> bytes:
@@ -79,7 +83,8 @@ def reply(body: dict[str, Any], endpoint: Endpoint, model: str, text: str) -> by
             "created": created,
             "model": model,
             "choices": [
-                {"text": text, "index": i, "logprobs": None, "finish_reason": "stop"} for i in range(n)
+                {"text": text, "index": i, "logprobs": None, "finish_reason": "stop"}
+                for i in range(n)
             ],
             "usage": _usage(body, endpoint, text, n),
         }

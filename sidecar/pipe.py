@@ -9,7 +9,6 @@ the second closes the upstream connection at once.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 
 import aiohttp
@@ -20,13 +19,15 @@ from sidecar import errors
 from sidecar.headers import STREAM_HEADERS, reply_headers
 
 
-async def relay(request: BaseRequest, upstream: aiohttp.ClientResponse, deployment_id: str) -> web.StreamResponse:
+async def relay(
+    request: BaseRequest, upstream: aiohttp.ClientResponse, deployment_id: str
+) -> web.StreamResponse:
     """Send the upstream's reply to the client. Closes or releases `upstream` in every case."""
     headers = reply_headers(upstream.headers, deployment_id)
     if upstream.content_length is not None and upstream.content_type != "text/event-stream":
         try:
             body = await upstream.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise errors.upstream_failure(exc, deployment_id) from None
         finally:
             upstream.release()
@@ -41,7 +42,7 @@ async def relay(request: BaseRequest, upstream: aiohttp.ClientResponse, deployme
         while True:
             try:
                 chunk = await content.readany()
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 abort(request)
                 return out
             if not chunk:
@@ -57,9 +58,13 @@ async def relay(request: BaseRequest, upstream: aiohttp.ClientResponse, deployme
             upstream.close()
 
 
-async def send_events(request: BaseRequest, events: Iterable[bytes], headers: dict[str, str]) -> web.StreamResponse:
+async def send_events(
+    request: BaseRequest, events: Iterable[bytes], headers: dict[str, str]
+) -> web.StreamResponse:
     """A stream the gateway writes itself (mock replies), framed like an upstream's."""
-    out = web.StreamResponse(headers={"Content-Type": "text/event-stream", **STREAM_HEADERS, **headers})
+    out = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", **STREAM_HEADERS, **headers}
+    )
     await out.prepare(request)
     for event in events:
         await out.write(event)

@@ -13,7 +13,8 @@ import orjson
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from sidecar import auth, errors, mock, pipe, request as requests
+from sidecar import auth, errors, mock, pipe
+from sidecar import request as requests
 from sidecar.config import Config
 from sidecar.deployment import Deployment
 from sidecar.headers import DEPLOYMENT_HEADER, upstream_request_headers
@@ -147,7 +148,9 @@ class Gateway:
         url = deployment.urls.get(endpoint)
         if url is None:
             raise errors.bad_request(
-                f"The model '{model}' does not serve {endpoint.value}.", "model", "unsupported_endpoint"
+                f"The model '{model}' does not serve {endpoint.value}.",
+                "model",
+                "unsupported_endpoint",
             )
         payload = requests.upstream_body(body, upstream_model, deployment.defaults[endpoint])
         headers = upstream_request_headers(deployment.headers, request.headers)
@@ -155,7 +158,7 @@ class Gateway:
             reply = await self.session.post(
                 url, data=payload, headers=headers, timeout=deployment.timeout
             )
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             failure = errors.upstream_failure(exc, deployment.id)
             self.metrics.upstream_error(deployment.id, failure.code or "")
             raise failure from None
@@ -181,5 +184,7 @@ async def _mock(
     if body.get("stream"):
         return await pipe.send_events(request, mock.stream(body, endpoint, model, text), headers)
     return web.Response(
-        body=mock.reply(body, endpoint, model, text), content_type="application/json", headers=headers
+        body=mock.reply(body, endpoint, model, text),
+        content_type="application/json",
+        headers=headers,
     )

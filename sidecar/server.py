@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import os
+import signal
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
@@ -23,7 +24,9 @@ from sidecar.upstream import new_session
 
 log = logging.getLogger("sidecar")
 
-KEEPALIVE_TIMEOUT = 75.0  # seconds an idle client connection stays open; above common LB idle limits
+KEEPALIVE_TIMEOUT = (
+    75.0  # seconds an idle client connection stays open; above common LB idle limits
+)
 
 
 @dataclass
@@ -48,7 +51,7 @@ async def start(config: Config, host: str, port: int, *, reuse_port: bool = Fals
         message: RawRequestMessage,
         payload: StreamReader,
         protocol: RequestHandler,
-        writer: web.AbstractStreamWriter,
+        writer: AbstractStreamWriter,
         task: asyncio.Task[None],
     ) -> BaseRequest:
         # The body limit is read per request so that a reload can change it.
@@ -94,7 +97,12 @@ def reload(running: Running, path: str) -> bool:
 async def serve(config: Config, host: str, port: int, *, reuse_port: bool = False) -> None:
     """Serve until SIGTERM or SIGINT, then drain; SIGHUP reloads the file."""
     running = await start(config, host, port, reuse_port=reuse_port)
-    log.info("sidecar listening on %s:%d with %d deployments", host, running.port, len(config.deployments))
+    log.info(
+        "sidecar listening on %s:%d with %d deployments",
+        host,
+        running.port,
+        len(config.deployments),
+    )
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
@@ -123,4 +131,3 @@ def run(config: Config, host: str, port: int, *, reuse_port: bool = False) -> No
         runner_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=runner_factory) as runner:
         runner.run(serve(config, host, port, reuse_port=reuse_port))
-

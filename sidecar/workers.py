@@ -6,6 +6,7 @@ SIGHUP to them, and replaces a worker that dies while it is not shutting down.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -43,10 +44,8 @@ def supervise(count: int, worker: Callable[[], None]) -> int:
         if sig != signal.SIGHUP:
             stopping = True
         for pid in children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     for sig in FORWARDED:
         signal.signal(sig, forward)

@@ -49,14 +49,17 @@ def _openai_key(params: Params, env: Mapping[str, str], where: str) -> str:
         raise ConfigError(
             f"{where}.api_key",
             f"no key for '{params.provider}/{params.model}': set api_key or OPENAI_API_KEY; "
-            f"for a server that takes no key use hosted_vllm/{params.model} (or api_key: \"\")",
+            f'for a server that takes no key use hosted_vllm/{params.model} (or api_key: "")',
         )
     return key
 
 
 def _openai_base(params: Params, env: Mapping[str, str]) -> str:
-    return params.api_base or env.get("OPENAI_API_BASE") or env.get("OPENAI_BASE_URL") or (
-        OPENAI_API_BASE
+    return (
+        params.api_base
+        or env.get("OPENAI_API_BASE")
+        or env.get("OPENAI_BASE_URL")
+        or (OPENAI_API_BASE)
     )
 
 

@@ -1,0 +1,205 @@
+"""A fake OpenAI-compatible upstream that records every request it receives.
+
+It answers chat, text completions and embeddings like an OpenAI server would, and a test may
+replace the answer for one path with a script of its own (errors, stalls, slow streams).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+Script = Callable[[web.Request, "Received"], Awaitable[web.StreamResponse]]
+
+REPORTED_SUFFIX = "-2024-08-06"  # upstreams report a dated model name, as OpenAI does
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    peer: tuple[str, int] | None = None  # the sidecar's end of the connection
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+@dataclass
+class FakeUpstream:
+    received: list[Received] = field(default_factory=list)
+    scripts: dict[str, Script] = field(default_factory=dict)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def last(self) -> Received:
+        return self.received[-1]
+
+    async def start(self) -> FakeUpstream:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # handler_cancellation: a handler learns that the sidecar closed the connection.
+        self._runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        got = Received(
+            request.method,
+            request.path,
+            dict(request.query),
+            request.headers,
+            await request.read(),
+            tuple(peer) if peer else None,
+        )
+        self.received.append(got)
+        script = self.scripts.get(request.path)
+        if script is not None:
+            return await script(request, got)
+        if request.path.endswith("/chat/completions"):
+            return await chat(request, got)
+        if request.path.endswith("/completions"):
+            return await completion(request, got)
+        if request.path.endswith("/embeddings"):
+            return embeddings(got)
+        return web.json_response({"error": {"message": "no such route"}}, status=404)
+
+
+def chat_chunks(model: str, words: list[str]) -> list[bytes]:
+    """A chat stream as an OpenAI server sends it, one event per chunk."""
+    created = int(time.time())
+    head = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+    }
+    events = [
+        {
+            **head,
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            ],
+        }
+    ]
+    events += [
+        {**head, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}
+        for w in words
+    ]
+    events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    return [b"data: " + orjson.dumps(e) + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
+
+
+async def sse(request: web.Request, events: list[bytes], pause: float = 0.0) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for event in events:
+        await response.write(event)
+        if pause:
+            await asyncio.sleep(pause)
+    await response.write_eof()
+    return response
+
+
+async def chat(request: web.Request, got: Received) -> web.StreamResponse:
+    body = got.json()
+    model = body["model"] + REPORTED_SUFFIX
+    if body.get("stream"):
+        return await sse(request, chat_chunks(model, ["Hello", " from", " upstream"]))
+    return web.json_response(
+        {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "Hello from upstream"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+        }
+    )
+
+
+async def completion(request: web.Request, got: Received) -> web.StreamResponse:
+    body = got.json()
+    model = body["model"] + REPORTED_SUFFIX
+    head = {
+        "id": "cmpl-fake",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+    }
+    if body.get("stream"):
+        events = [
+            b"data: "
+            + orjson.dumps(
+                {**head, "choices": [{"text": t, "index": 0, "logprobs": None, "finish_reason": f}]}
+            )
+            + b"\n\n"
+            for t, f in (("Once", None), (" upon", None), (" a time", "length"))
+        ]
+        return await sse(request, [*events, b"data: [DONE]\n\n"])
+    return web.json_response(
+        {
+            **head,
+            "choices": [
+                {
+                    "text": "Once upon a time",
+                    "index": 0,
+                    "logprobs": None,
+                    "finish_reason": "length",
+                }
+            ],
+            "usage": {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6},
+        }
+    )
+
+
+def embeddings(got: Received) -> web.Response:
+    body = got.json()
+    inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    vector = [0.5, -0.25, 0.125, 1.0]
+    data = []
+    for i, _ in enumerate(inputs):
+        value: Any = vector
+        if body.get("encoding_format") == "base64":
+            value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    return web.json_response(
+        {
+            "object": "list",
+            "data": data,
+            "model": body["model"] + REPORTED_SUFFIX,
+            "usage": {"prompt_tokens": 3, "total_tokens": 3},
+        }
+    )

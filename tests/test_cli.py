@@ -1,0 +1,238 @@
+"""The real command line, run as a user runs it: a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from sidecar import __version__
+from tests.test_errors import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = [ROOT / "deploy" / "config.example.yaml", ROOT / "deploy" / "config.example.toml"]
+START_LIMIT = 10.0  # seconds a sidecar may take to answer its first probe
+
+
+def sidecar(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_version() -> None:
+    done = sidecar("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"sidecar {__version__}"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.suffix)
+def test_check_prints_the_example_table(path: Path) -> None:
+    done = sidecar("--config", str(path), "--check")
+    assert done.returncode == 0, done.stderr
+    assert "demo -> openai/demo" in done.stdout
+
+
+def test_check_reports_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "model_list:\n  - model_name: a\n    litellm_params: {model: hosted_vllm/a, api_base: http://x/v1}\n"
+        "  - model_name: b\n    litellm_params: {model: opnai/gpt-4o}\n"
+    )
+    done = sidecar("--config", str(path), "--check")
+    assert done.returncode != 0
+    assert done.stderr.strip() == (
+        f"sidecar: {path}: model_list[1].litellm_params.model: unknown provider 'opnai' "
+        "(known: openai, text-completion-openai, hosted_vllm, llamafile, azure, azure_text)"
+    )
+
+
+def test_check_never_prints_a_key(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text(
+        "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/a\n"
+        "      api_base: http://user:pw-secret@x/v1\n      api_key: os.environ/UP_KEY\n"
+        "general_settings:\n  master_key: sk-master-secret\n"
+    )
+    done = sidecar("--check", env={"SIDECAR_CONFIG": str(path), "UP_KEY": "sk-up-secret"})
+    assert done.returncode == 0, done.stderr
+    out = done.stdout + done.stderr
+    for secret in ("sk-up-secret", "sk-master-secret", "pw-secret"):
+        assert secret not in out
+    assert "sha256:" in out
+
+
+def test_no_config_is_a_clear_error() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SIDECAR_CONFIG"}
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar"], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert done.returncode == 2
+    assert "--config" in done.stderr
+
+
+@pytest.fixture
+def served(request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_port()
+    extra = getattr(request, "param", ())
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sidecar",
+            "--config",
+            str(EXAMPLES[0]),
+            "--port",
+            str(port),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    yield proc, port
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    proc.stderr.close()
+
+
+async def wait_ready(port: int) -> None:
+    deadline = time.monotonic() + START_LIMIT
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/health/readiness") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            assert time.monotonic() < deadline, "the sidecar did not start"
+            await asyncio.sleep(0.05)
+
+
+async def ask_demo(port: int) -> dict[str, object]:
+    body = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    async with aiohttp.ClientSession() as session, session.post(url, json=body) as r:
+        assert r.status == 200
+        result: dict[str, object] = await r.json()
+        return result
+
+
+async def test_serves_the_example_and_stops_on_sigterm(
+    served: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    proc, port = served
+    await wait_ready(port)
+    reply = await ask_demo(port)
+    assert reply["object"] == "chat.completion"
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait, 10) == 0
+
+
+@pytest.mark.parametrize("served", [("--workers", "2")], indirect=True)
+async def test_workers_share_the_port(served: tuple[subprocess.Popen[bytes], int]) -> None:
+    proc, port = served
+    await wait_ready(port)
+    for _ in range(10):
+        await ask_demo(port)
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait, 10) == 0
+
+
+async def models(port: int) -> list[str]:
+    url = f"http://127.0.0.1:{port}/v1/models"
+    async with aiohttp.ClientSession() as session, session.get(url) as r:
+        return [m["id"] for m in (await r.json())["data"]]
+
+
+async def eventually(check: object, want: object) -> None:
+    deadline = time.monotonic() + START_LIMIT
+    while (got := await check()) != want:  # type: ignore[operator]
+        assert time.monotonic() < deadline, got
+        await asyncio.sleep(0.05)
+
+
+async def test_sighup_reloads_and_refuses_an_invalid_file(tmp_path: Path) -> None:
+    path = tmp_path / "table.yaml"
+    entry = "  - model_name: {0}\n    litellm_params: {{model: openai/{0}, mock_response: hi}}\n"
+    path.write_text("model_list:\n" + entry.format("one"))
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "--config", str(path), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        await wait_ready(port)
+        path.write_text("model_list:\n" + entry.format("one") + entry.format("two"))
+        proc.send_signal(signal.SIGHUP)
+        await eventually(lambda: models(port), ["one", "two"])
+        path.write_text(
+            "model_list:\n  - model_name: three\n    litellm_params: {model: opnai/x}\n"
+        )
+        proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        assert await models(port) == ["one", "two"]  # the old table keeps serving
+        await ask_demo_like(port, "two")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+        assert proc.stderr is not None
+        log = proc.stderr.read().decode()
+        proc.stderr.close()
+    assert "reload refused" in log and "unknown provider 'opnai'" in log
+
+
+async def ask_demo_like(port: int, model: str) -> None:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    async with aiohttp.ClientSession() as session, session.post(url, json=body) as r:
+        assert r.status == 200
+
+
+@pytest.mark.parametrize("served", [("--workers", "2")], indirect=True)
+async def test_a_killed_worker_is_replaced(served: tuple[subprocess.Popen[bytes], int]) -> None:
+    proc, port = served
+    await wait_ready(port)
+    children = worker_pids(proc.pid)
+    assert len(children) == 2
+    os.kill(children[0], signal.SIGKILL)
+
+    async def count() -> int:
+        now = worker_pids(proc.pid)
+        return len(now) if children[0] not in now else -1
+
+    await eventually(count, 2)
+    for _ in range(10):
+        await ask_demo(port)
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait, 10) == 0
+
+
+def worker_pids(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # Field 4 of /proc/PID/stat, after the parenthesised command name, is the parent pid.
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(entry.name))
+    return sorted(found)

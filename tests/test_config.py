@@ -1,0 +1,229 @@
+"""The routing table file: YAML and TOML alike, validated up front, errors naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar import config as configs
+from sidecar.deployment import ConfigError
+from sidecar.routes import Endpoint
+
+YAML = """
+model_list:
+  - model_name: mistral
+    litellm_params:
+      model: hosted_vllm/mistralai/Mistral-7B
+      api_base: http://vllm:8000/v1/
+      api_key: os.environ/VLLM_KEY
+      max_tokens: 256
+      timeout: 30
+      extra_headers: {X-Team: search}
+    model_info:
+      id: vllm-a
+  - model_name: gpt-4o
+    litellm_params:
+      model: openai/gpt-4o
+      api_key: ""
+router_settings:
+  timeout: 90
+general_settings:
+  master_key: sk-master
+sidecar_settings:
+  port: 4100
+litellm_settings:
+  drop_params: true
+"""
+
+TOML = """
+[[model_list]]
+model_name = "mistral"
+model_info = { id = "vllm-a" }
+[model_list.litellm_params]
+model = "hosted_vllm/mistralai/Mistral-7B"
+api_base = "http://vllm:8000/v1/"
+api_key = "os.environ/VLLM_KEY"
+max_tokens = 256
+timeout = 30
+extra_headers = { X-Team = "search" }
+
+[[model_list]]
+model_name = "gpt-4o"
+[model_list.litellm_params]
+model = "openai/gpt-4o"
+api_key = ""
+
+[router_settings]
+timeout = 90
+[general_settings]
+master_key = "sk-master"
+[sidecar_settings]
+port = 4100
+[litellm_settings]
+drop_params = true
+"""
+
+
+def load(
+    tmp_path: Path, text: str, suffix: str = ".yaml", env: dict[str, str] | None = None
+) -> configs.Config:
+    path = tmp_path / f"c{suffix}"
+    path.write_text(text)
+    return configs.load(path, environ={"VLLM_KEY": "k-1"} if env is None else env)
+
+
+def test_yaml_and_toml_mean_the_same(tmp_path: Path) -> None:
+    a, b = load(tmp_path, YAML), load(tmp_path, TOML, ".toml")
+    assert a.deployments == b.deployments
+    assert (a.master_key, a.server, a.router) == (b.master_key, b.server, b.router)
+    mistral, gpt = a.deployments
+    assert mistral.id == "vllm-a"
+    assert str(mistral.urls[Endpoint.CHAT]) == "http://vllm:8000/v1/chat/completions"
+    assert mistral.headers == {"Authorization": "Bearer k-1", "X-Team": "search"}
+    assert mistral.defaults[Endpoint.CHAT] == {"max_tokens": 256}
+    assert mistral.defaults[Endpoint.EMBEDDINGS] == {}
+    assert mistral.timeout.sock_read == 30
+    assert gpt.headers == {}  # api_key "" sends no key
+    assert str(gpt.urls[Endpoint.EMBEDDINGS]) == "https://api.openai.com/v1/embeddings"
+    assert gpt.timeout.sock_read == 90  # router_settings.timeout
+    assert a.server.port == 4100
+    assert any("litellm_settings" in w for w in a.warnings)
+
+
+def test_provider_environment_fallbacks(tmp_path: Path) -> None:
+    text = """
+model_list:
+  - model_name: a
+    litellm_params: {model: gpt-4o-mini}
+  - model_name: b
+    litellm_params: {model: hosted_vllm/x}
+  - model_name: c
+    litellm_params: {model: llamafile/y}
+"""
+    env = {"OPENAI_API_KEY": "sk-o", "HOSTED_VLLM_API_BASE": "http://v:1/v1"}
+    a, b, c = load(tmp_path, text, env=env).deployments
+    assert (a.provider, a.model, a.headers) == (
+        "openai",
+        "gpt-4o-mini",
+        {"Authorization": "Bearer sk-o"},
+    )
+    assert str(b.urls[Endpoint.COMPLETIONS]) == "http://v:1/v1/completions" and b.headers == {}
+    assert str(c.urls[Endpoint.CHAT]) == "http://127.0.0.1:8080/v1/chat/completions"
+
+
+def test_text_completion_openai_serves_completions(tmp_path: Path) -> None:
+    text = "model_list:\n  - model_name: t\n    litellm_params: {model: text-completion-openai/i, api_key: k}\n"
+    (d,) = load(tmp_path, text).deployments
+    assert set(d.urls) == {Endpoint.COMPLETIONS}
+
+
+BASE = "model_list:\n  - model_name: m\n    litellm_params:\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        (
+            BASE + "      model: opnai/gpt-4o\n",
+            "model_list[0].litellm_params.model",
+            "unknown provider 'opnai' (known: openai, text-completion-openai, hosted_vllm",
+        ),
+        (
+            BASE + "      model: mistral\n",
+            "model_list[0].litellm_params.model",
+            "names no provider",
+        ),
+        (
+            BASE + "      model: openai/gpt-4o\n",
+            "model_list[0].litellm_params.api_key",
+            "hosted_vllm/gpt-4o",
+        ),
+        (
+            BASE + "      model: openai/x\n      api_key: os.environ/NOPE\n",
+            "model_list[0].litellm_params.api_key",
+            "environment variable NOPE is not set",
+        ),
+        (
+            BASE + "      model: hosted_vllm/x\n",
+            "model_list[0].litellm_params.api_base",
+            "HOSTED_VLLM_API_BASE",
+        ),
+        (
+            BASE + "      model: hosted_vllm/x\n      api_base: vllm:8000\n",
+            "model_list[0].litellm_params.api_base",
+            "http",
+        ),
+        (
+            BASE
+            + "      model: hosted_vllm/x\n      api_base: http://v/v1\n      tempreature: 1\n",
+            "model_list[0].litellm_params.tempreature",
+            "unknown key",
+        ),
+        (
+            BASE + "      model: hosted_vllm/x\n      api_base: http://v/v1\n      timeout: soon\n",
+            "model_list[0].litellm_params.timeout",
+            "seconds",
+        ),
+        (
+            BASE + "      model: hosted_vllm/x\n      api_base: http://v/v1\n      rpm: many\n",
+            "model_list[0].litellm_params.rpm",
+            "must be int",
+        ),
+        (BASE + "      model: azure/x\n", "model_list[0].litellm_params.model", "not supported"),
+        ("model_list: []\n", "model_list", "non-empty"),
+        (
+            "model_list:\n  - litellm_params: {model: openai/x}\n",
+            "model_list[0].model_name",
+            "string",
+        ),
+        ("model_list:\n  - model_name: m\n", "model_list[0].litellm_params", "mapping"),
+        ("model_lst: []\n", "model_lst", "unknown section"),
+        (
+            BASE + "      model: hosted_vllm/x\n      api_base: http://v/v1\nrouter_settings:\n"
+            "  routing_strategy: fastest\n",
+            "router_settings.routing_strategy",
+            "unknown strategy",
+        ),
+        (
+            BASE
+            + "      model: hosted_vllm/x\n      api_base: http://v/v1\nsidecar_settings:\n  prot: 1\n",
+            "sidecar_settings.prot",
+            "unknown key",
+        ),
+        (
+            BASE + "      model: hosted_vllm/x\n      api_base: http://v/v1\ngeneral_settings:\n"
+            "  master_key: os.environ/MK\n",
+            "general_settings.master_key",
+            "MK is not set",
+        ),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, where: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, text, env={})
+    assert caught.value.where == where
+    assert message in caught.value.message
+    assert str(caught.value).startswith(f"{tmp_path / 'c.yaml'}: {where}: ")
+
+
+def test_not_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(tmp_path, "model_list: [\n")
+    with pytest.raises(ConfigError, match="must end in"):
+        load(tmp_path, "{}", ".json")
+
+
+def test_mock_needs_no_key(tmp_path: Path) -> None:
+    text = BASE + "      model: openai/gpt-4o\n      mock_response: hi\n"
+    (d,) = load(tmp_path, text, env={}).deployments
+    assert d.mock_response == "hi" and d.headers == {}
+
+
+def test_environment_variables_section(tmp_path: Path) -> None:
+    text = (
+        BASE
+        + "      model: openai/x\n      api_key: os.environ/K\nenvironment_variables:\n  K: from-file\n"
+    )
+    (d,) = load(tmp_path, text, env={}).deployments
+    assert d.headers["Authorization"] == "Bearer from-file"

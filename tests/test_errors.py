@@ -1,0 +1,276 @@
+"""Every failure is an OpenAI-shaped error with a fitting status, and nothing secret is in it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import aiohttp
+import openai
+import orjson
+import pytest
+from aiohttp import web
+
+from tests.conftest import MakeSidecar
+from tests.fakes import FakeUpstream, Received
+from tests.test_gateway import vllm
+
+CHAT = {"model": "mistral", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def assert_error_shape(body: bytes) -> dict[str, object]:
+    error = orjson.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["type"], str)
+    assert error["param"] is None or isinstance(error["param"], str)
+    assert error["code"] is None or isinstance(error["code"], str)
+    return error
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{not json", None),
+        (b"", None),
+        (b"[1, 2]", None),
+        (b'"model"', None),
+        (b'{"messages": []}', "model"),
+        (b'{"model": 7, "messages": []}', "model"),
+        (b'{"model": "", "messages": []}', "model"),
+        (b'{"model": "mistral", "messages": "hi"}', "messages"),
+        (b'{"model": "mistral", "messages": [], "stream": "yes"}', "stream"),
+        (b'\xff\xfe{"model"', None),
+    ],
+)
+async def test_malformed_body_is_400(
+    body: bytes,
+    param: str | None,
+    upstream: FakeUpstream,
+    make_sidecar: MakeSidecar,
+    http: aiohttp.ClientSession,
+) -> None:
+    sidecar = await make_sidecar(vllm(upstream))
+    async with http.post(sidecar.url + "/v1/chat/completions", data=body) as r:
+        assert r.status == 400
+        assert r.content_type == "application/json"
+        error = assert_error_shape(await r.read())
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert upstream.received == []
+    async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT) as r:
+        assert r.status == 200  # and the server keeps serving
+
+
+async def test_master_key(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    sidecar = await make_sidecar(
+        vllm(upstream) + "general_settings:\n  master_key: os.environ/SIDECAR_KEY\n",
+        env={"SIDECAR_KEY": "sk-master-1234"},
+    )
+    for key in (None, "sk-wrong", "sk-master-12345", ""):
+        headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+        async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT, headers=headers) as r:
+            assert r.status == 401, key
+            text = await r.text()
+            assert "sk-master" not in text
+            assert assert_error_shape(text.encode())["code"] == "invalid_api_key"
+        async with http.get(sidecar.url + "/v1/models", headers=headers) as r:
+            assert r.status == 401
+    assert upstream.received == []
+    with pytest.raises(openai.AuthenticationError):
+        await sidecar.openai("sk-wrong").chat.completions.create(**CHAT)  # type: ignore[call-overload]
+    reply = await sidecar.openai("sk-master-1234").chat.completions.create(**CHAT)  # type: ignore[call-overload]
+    assert reply.choices[0].message.content == "Hello from upstream"
+    # The client's key stays with the sidecar; the upstream sees none of it.
+    assert "Authorization" not in upstream.last.headers
+    assert "sk-master" not in str(dict(upstream.last.headers))
+    async with http.get(sidecar.url + "/v1/models", headers={"api-key": "sk-master-1234"}) as r:
+        assert r.status == 200  # Azure-style clients send api-key
+    async with http.get(sidecar.url + "/health/liveliness") as r:
+        assert r.status == 200  # probes need no key
+
+
+async def test_client_authorization_never_reaches_upstream(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    sidecar = await make_sidecar(vllm(upstream) + "      api_key: sk-upstream\n")
+    headers = {
+        "Authorization": "Bearer client-token",
+        "Cookie": "session=1",
+        "Proxy-Authorization": "x",
+    }
+    async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT, headers=headers) as r:
+        assert r.status == 200
+    got = upstream.last.headers
+    assert got["Authorization"] == "Bearer sk-upstream"
+    assert "Cookie" not in got and "Proxy-Authorization" not in got
+
+
+async def test_paths_with_and_without_v1(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    sidecar = await make_sidecar(vllm(upstream))
+    for prefix in ("", "/v1"):
+        async with http.post(f"{sidecar.url}{prefix}/chat/completions", json=CHAT) as r:
+            assert r.status == 200
+        async with http.post(
+            f"{sidecar.url}{prefix}/completions", json={"model": "mistral", "prompt": "a"}
+        ) as r:
+            assert r.status == 200
+        async with http.post(
+            f"{sidecar.url}{prefix}/embeddings", json={"model": "mistral", "input": "a"}
+        ) as r:
+            assert r.status == 200
+        async with http.get(f"{sidecar.url}{prefix}/models") as r:
+            assert r.status == 200
+    assert [g.path for g in upstream.received] == [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+    ] * 2
+
+
+async def test_unknown_path_404_and_wrong_method_405(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    sidecar = await make_sidecar(vllm(upstream))
+    async with http.post(sidecar.url + "/v1/chat/complete", json=CHAT) as r:
+        assert r.status == 404
+        assert_error_shape(await r.read())
+    async with http.get(sidecar.url + "/v1/chat/completions") as r:
+        assert r.status == 405
+        assert r.headers["Allow"] == "POST"
+        assert_error_shape(await r.read())
+    async with http.post(sidecar.url + "/v1/models") as r:
+        assert r.status == 405
+        assert r.headers["Allow"] == "GET"
+
+
+async def test_upstream_error_passes_through(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    body = b'{"error":{"message":"slow down","type":"rate_limit","param":null,"code":"rl"}}'
+
+    async def limited(request: web.Request, got: Received) -> web.Response:
+        return web.Response(
+            status=429,
+            body=body,
+            content_type="application/json",
+            headers={"Retry-After": "7", "x-ratelimit-remaining-requests": "0"},
+        )
+
+    upstream.scripts["/v1/chat/completions"] = limited
+    sidecar = await make_sidecar(vllm(upstream))
+    async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT) as r:
+        assert r.status == 429
+        assert await r.read() == body
+        assert r.headers["Retry-After"] == "7"
+        assert r.headers["x-ratelimit-remaining-requests"] == "0"
+        assert r.headers["x-sidecar-deployment"] == "hosted_vllm/mistralai/Mistral-7B#0"
+    with pytest.raises(openai.RateLimitError) as caught:
+        await sidecar.openai().chat.completions.create(**CHAT)  # type: ignore[call-overload]
+    assert caught.value.code == "rl"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_unreachable_upstream_is_502(
+    make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    sidecar = await make_sidecar(f"""
+model_list:
+  - model_name: mistral
+    litellm_params:
+      model: openai/mistral
+      api_base: http://127.0.0.1:{free_port()}/v1
+      api_key: sk-do-not-leak
+""")
+    async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT) as r:
+        assert r.status == 502
+        text = await r.text()
+    assert assert_error_shape(text.encode())["code"] == "upstream_unreachable"
+    assert "sk-do-not-leak" not in text
+    with pytest.raises(openai.APIStatusError) as caught:
+        await sidecar.openai().chat.completions.create(**CHAT)  # type: ignore[call-overload]
+    assert caught.value.status_code == 502
+
+
+async def test_slow_upstream_is_504(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    async def stall(request: web.Request, got: Received) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response(text="late")
+
+    upstream.scripts["/v1/chat/completions"] = stall
+    sidecar = await make_sidecar(vllm(upstream) + "      timeout: 0.3\n")
+    async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT) as r:
+        assert r.status == 504
+        assert assert_error_shape(await r.read())["code"] == "upstream_timeout"
+
+
+async def test_upstream_that_hangs_up_is_502(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    async def hang_up(request: web.Request, got: Received) -> web.Response:
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response()
+
+    upstream.scripts["/v1/chat/completions"] = hang_up
+    sidecar = await make_sidecar(vllm(upstream))
+    async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT) as r:
+        assert r.status == 502
+        assert_error_shape(await r.read())
+
+
+async def test_body_over_limit_is_413(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    sidecar = await make_sidecar(vllm(upstream) + "sidecar_settings:\n  max_request_bytes: 1000\n")
+    big = {"model": "mistral", "messages": [{"role": "user", "content": "x" * 2000}]}
+    async with http.post(sidecar.url + "/v1/chat/completions", json=big) as r:
+        assert r.status == 413
+        assert assert_error_shape(await r.read())["code"] == "request_too_large"
+
+    async def chunks():  # no Content-Length: the limit holds while reading
+        yield b'{"model": "mistral", "messages": [{"role": "user", "content": "'
+        for _ in range(20):
+            yield b"x" * 100
+        yield b'"}]}'
+
+    async with http.post(sidecar.url + "/v1/chat/completions", data=chunks()) as r:
+        assert r.status == 413
+    assert upstream.received == []
+
+
+async def test_mock_embeddings_is_a_clear_400(
+    make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    sidecar = await make_sidecar(
+        "model_list:\n  - model_name: demo\n    litellm_params:\n"
+        "      model: openai/demo\n      mock_response: hi\n"
+    )
+    async with http.post(sidecar.url + "/v1/embeddings", json={"model": "demo", "input": "a"}) as r:
+        assert r.status == 400
+        assert assert_error_shape(await r.read())["code"] == "unsupported_endpoint"
+
+
+async def test_health(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    sidecar = await make_sidecar(vllm(upstream))
+    async with http.get(sidecar.url + "/health/liveliness") as r:
+        assert r.status == 200
+    async with http.get(sidecar.url + "/health/readiness") as r:
+        assert r.status == 200
+    sidecar.running.gateway.draining = True
+    async with http.get(sidecar.url + "/health/readiness") as r:
+        assert r.status == 503
+        assert_error_shape(await r.read())

@@ -1,0 +1,174 @@
+"""End to end over loopback: the openai SDK -> a real sidecar -> a fake upstream that records."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.conftest import MakeSidecar
+from tests.fakes import REPORTED_SUFFIX, FakeUpstream
+
+
+def vllm(upstream: FakeUpstream, name: str = "mistral", model: str = "mistralai/Mistral-7B") -> str:
+    return f"""
+model_list:
+  - model_name: {name}
+    litellm_params:
+      model: hosted_vllm/{model}
+      api_base: {upstream.base}
+"""
+
+
+async def test_chat_reaches_upstream_and_answers(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(f"""
+model_list:
+  - model_name: gpt-4o
+    litellm_params:
+      model: openai/gpt-4o-upstream
+      api_base: {upstream.base}
+      api_key: sk-upstream-secret
+""")
+    client = sidecar.openai("client-key")
+    reply = await client.chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+        temperature=0.2,
+        extra_body={"top_k": 5, "custom": {"nested": [1, 2]}},
+    )
+    assert reply.choices[0].message.content == "Hello from upstream"
+    assert (
+        reply.model == "gpt-4o-upstream" + REPORTED_SUFFIX
+    )  # the upstream's report, not the alias
+    got = upstream.last
+    assert (got.method, got.path) == ("POST", "/v1/chat/completions")
+    assert got.headers["Authorization"] == "Bearer sk-upstream-secret"
+    assert got.json() == {
+        "model": "gpt-4o-upstream",
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+        "temperature": 0.2,
+        "top_k": 5,
+        "custom": {"nested": [1, 2]},
+    }
+
+
+async def test_chat_stream_relays_every_chunk(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(vllm(upstream))
+    stream = await sidecar.openai().chat.completions.create(
+        model="mistral", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    pieces = [chunk.choices[0].delta.content async for chunk in stream]
+    assert pieces == ["", "Hello", " from", " upstream", None]
+    assert upstream.last.json()["stream"] is True
+    assert "Authorization" not in upstream.last.headers  # hosted_vllm without a key sends none
+
+
+async def test_text_completion_passes_every_parameter(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(f"""
+model_list:
+  - model_name: davinci
+    litellm_params:
+      model: text-completion-openai/gpt-3.5-turbo-instruct
+      api_base: {upstream.base}
+      api_key: sk-up
+""")
+    params = dict(
+        best_of=2,
+        echo=True,
+        frequency_penalty=0.5,
+        logit_bias={"50256": -100},
+        logprobs=2,
+        max_tokens=7,
+        n=2,
+        presence_penalty=-0.5,
+        seed=42,
+        stop=["\n", "END"],
+        suffix="!",
+        temperature=0.7,
+        top_p=0.9,
+        user="user-1",
+    )
+    reply = await sidecar.openai().completions.create(model="davinci", prompt="Once", **params)
+    assert reply.choices[0].text == "Once upon a time"
+    got = upstream.last
+    assert got.path == "/v1/completions"
+    assert got.json() == {"model": "gpt-3.5-turbo-instruct", "prompt": "Once", **params}
+
+    stream = await sidecar.openai().completions.create(model="davinci", prompt="Once", stream=True)
+    assert [c.choices[0].text async for c in stream] == ["Once", " upon", " a time"]
+    assert upstream.last.json() == {
+        "model": "gpt-3.5-turbo-instruct",
+        "prompt": "Once",
+        "stream": True,
+    }
+
+
+async def test_embeddings(upstream: FakeUpstream, make_sidecar: MakeSidecar) -> None:
+    sidecar = await make_sidecar(vllm(upstream, "embed", "BAAI/bge-small-en-v1.5"))
+    reply = await sidecar.openai().embeddings.create(model="embed", input=["a", "b"])
+    assert [d.embedding for d in reply.data] == [[0.5, -0.25, 0.125, 1.0]] * 2
+    got = upstream.last
+    assert got.path == "/v1/embeddings"
+    assert got.json()["model"] == "BAAI/bge-small-en-v1.5"
+    assert got.json()["input"] == ["a", "b"]
+
+
+async def test_models_lists_the_table(upstream: FakeUpstream, make_sidecar: MakeSidecar) -> None:
+    sidecar = await make_sidecar(
+        vllm(upstream)
+        + """
+  - model_name: demo
+    litellm_params:
+      model: openai/demo
+      mock_response: hi
+"""
+    )
+    page = await sidecar.openai().models.list()
+    assert [(m.id, m.object) for m in page.data] == [("mistral", "model"), ("demo", "model")]
+    assert upstream.received == []
+
+
+async def test_unknown_model_is_404(upstream: FakeUpstream, make_sidecar: MakeSidecar) -> None:
+    sidecar = await make_sidecar(vllm(upstream))
+    with pytest.raises(openai.NotFoundError) as caught:
+        await sidecar.openai().chat.completions.create(
+            model="nope", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert caught.value.code == "model_not_found"
+    assert upstream.received == []
+
+
+async def test_defaults_from_the_table_yield_to_the_client(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(vllm(upstream) + "      max_tokens: 64\n      temperature: 0.1\n")
+    client = sidecar.openai()
+    await client.chat.completions.create(
+        model="mistral", messages=[{"role": "user", "content": "a"}]
+    )
+    assert upstream.last.json()["max_tokens"] == 64
+    await client.chat.completions.create(
+        model="mistral", messages=[{"role": "user", "content": "a"}], max_tokens=5
+    )
+    assert upstream.last.json()["max_tokens"] == 5
+    assert upstream.last.json()["temperature"] == 0.1
+    await client.embeddings.create(model="mistral", input="x")
+    assert "max_tokens" not in upstream.last.json()  # a chat default never reaches /embeddings
+
+
+async def test_upstream_connections_are_kept_alive(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(vllm(upstream))
+    client = sidecar.openai()
+    for _ in range(5):
+        await client.chat.completions.create(
+            model="mistral", messages=[{"role": "user", "content": "a"}]
+        )
+    # One pooled connection served all five calls: the upstream saw one client port.
+    assert len({got.peer for got in upstream.received}) == 1

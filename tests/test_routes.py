@@ -1,0 +1,86 @@
+"""The route table and the model table: pure lookups, tested as tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar import config as configs
+from sidecar.routes import Endpoint, RouteError, match
+from sidecar.table import Table, pick
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "endpoint"),
+    [
+        ("POST", "/v1/chat/completions", Endpoint.CHAT),
+        ("POST", "/chat/completions", Endpoint.CHAT),
+        ("POST", "/v1/completions", Endpoint.COMPLETIONS),
+        ("POST", "/completions", Endpoint.COMPLETIONS),
+        ("POST", "/v1/embeddings", Endpoint.EMBEDDINGS),
+        ("POST", "/embeddings", Endpoint.EMBEDDINGS),
+        ("GET", "/v1/models", Endpoint.MODELS),
+        ("GET", "/models", Endpoint.MODELS),
+        ("HEAD", "/models", Endpoint.MODELS),
+        ("GET", "/health/liveliness", Endpoint.LIVELINESS),
+        ("GET", "/health/readiness", Endpoint.READINESS),
+        ("GET", "/metrics", Endpoint.METRICS),
+    ],
+)
+def test_match(method: str, path: str, endpoint: Endpoint) -> None:
+    assert match(method, path) is endpoint
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "allow"),
+    [
+        ("GET", "/v1/chat/completions", 405, {"POST"}),
+        ("DELETE", "/v1/models", 405, {"GET"}),
+        ("POST", "/v1/health/liveliness", 404, set()),
+        ("POST", "/v2/chat/completions", 404, set()),
+        ("POST", "/v1/chat/completions/", 404, set()),
+        ("GET", "/", 404, set()),
+    ],
+)
+def test_no_match(method: str, path: str, status: int, allow: set[str]) -> None:
+    with pytest.raises(RouteError) as caught:
+        match(method, path)
+    assert caught.value.status == status
+    assert caught.value.allow == allow
+
+
+def table(*groups: tuple[str, str]) -> Table:
+    doc = {
+        "model_list": [
+            {"model_name": name, "litellm_params": {"model": model, "api_base": "http://u/v1"}}
+            for name, model in groups
+        ]
+    }
+    return Table(configs.parse(doc, "t.yaml", {}).deployments)
+
+
+def test_exact_names_win_over_patterns() -> None:
+    t = table(("*", "hosted_vllm/*"), ("gpt-*", "hosted_vllm/g-*"), ("gpt-4o", "hosted_vllm/exact"))
+    found = t.lookup("gpt-4o")
+    assert found is not None and found.wildcard is None
+    assert pick(found.group).upstream_model(found.wildcard) == "exact"
+    found = t.lookup("gpt-3.5")
+    assert found is not None and found.group.name == "gpt-*"
+    assert pick(found.group).upstream_model(found.wildcard) == "g-3.5"
+    found = t.lookup("llama/3")
+    assert found is not None and pick(found.group).upstream_model(found.wildcard) == "llama/3"
+
+
+def test_no_pattern_no_match() -> None:
+    t = table(("a", "hosted_vllm/a"), ("openai/*", "hosted_vllm/*"))
+    assert t.lookup("b") is None
+    assert t.lookup("openai") is None
+    found = t.lookup("openai/")
+    assert found is not None and found.wildcard == ""
+
+
+def test_pick_spreads_over_a_group() -> None:
+    t = table(("m", "hosted_vllm/one"), ("m", "hosted_vllm/two"))
+    found = t.lookup("m")
+    assert found is not None
+    assert pick(found.group, lambda: 0.0).model == "one"
+    assert pick(found.group, lambda: 0.99).model == "two"

@@ -1,0 +1,167 @@
+"""Streams go through chunk by chunk, as they arrive, and both ends learn when the other leaves."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import MakeSidecar
+from tests.fakes import FakeUpstream, Received, chat_chunks, sse
+from tests.test_gateway import vllm
+
+STREAM = {"model": "mistral", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+LIMIT = 10  # seconds any wait in these tests may take before it counts as a failure
+
+
+async def test_stream_bytes_and_headers_are_the_upstream_s(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    sent = b"".join(chat_chunks("m", ["Hello", " from", " upstream"]))
+    # Written in pieces that cut events and even UTF-8 characters apart: the pipe must not care.
+    pieces = [sent[:7], sent[7:300], "é".encode()[:1], "é".encode()[1:], sent[300:]]
+
+    async def odd_splits(request: web.Request, got: Received) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Up": "1"})
+        await response.prepare(request)
+        for piece in pieces:
+            await response.write(piece)
+            await asyncio.sleep(0.01)
+        await response.write_eof()
+        return response
+
+    upstream.scripts["/v1/chat/completions"] = odd_splits
+    sidecar = await make_sidecar(vllm(upstream))
+    async with http.post(sidecar.url + "/v1/chat/completions", json=STREAM) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"] == "text/event-stream"
+        assert r.headers["Cache-Control"] == "no-cache"
+        assert r.headers["X-Accel-Buffering"] == "no"
+        assert r.headers["X-Up"] == "1"
+        assert r.headers["x-sidecar-deployment"] == "hosted_vllm/mistralai/Mistral-7B#0"
+        assert await r.read() == b"".join(pieces)
+
+
+async def test_first_chunk_arrives_before_the_upstream_finishes(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    client_saw_first = asyncio.Event()
+    events = chat_chunks("m", ["one", "two"])
+
+    async def held(request: web.Request, got: Received) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(events[0])
+        # The rest is sent only once the client has the first chunk: a buffering proxy would
+        # deadlock here and the wait below would time out.
+        await asyncio.wait_for(client_saw_first.wait(), LIMIT)
+        for event in events[1:]:
+            await response.write(event)
+        await response.write_eof()
+        return response
+
+    upstream.scripts["/v1/chat/completions"] = held
+    sidecar = await make_sidecar(vllm(upstream))
+    async with http.post(sidecar.url + "/v1/chat/completions", json=STREAM) as r:
+        first = await asyncio.wait_for(r.content.readuntil(b"\n\n"), LIMIT)
+        assert first == events[0]
+        client_saw_first.set()
+        rest = await asyncio.wait_for(r.read(), LIMIT)
+    assert first + rest == b"".join(events)
+
+
+async def test_client_disconnect_closes_the_upstream(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    upstream_saw_close = asyncio.Event()
+    sent = 0
+
+    async def endless(request: web.Request, got: Received) -> web.StreamResponse:
+        nonlocal sent
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for _ in range(int(LIMIT / 0.01)):
+                await response.write(b'data: {"tick": 1}\n\n')
+                sent += 1
+                await asyncio.sleep(0.01)
+        except (ConnectionResetError, asyncio.CancelledError):
+            upstream_saw_close.set()
+            raise
+        return response
+
+    upstream.scripts["/v1/chat/completions"] = endless
+    sidecar = await make_sidecar(vllm(upstream))
+    r = await http.post(sidecar.url + "/v1/chat/completions", json=STREAM)
+    assert await asyncio.wait_for(r.content.readuntil(b"\n\n"), LIMIT) == b'data: {"tick": 1}\n\n'
+    r.close()  # the client goes away mid-stream
+    await asyncio.wait_for(upstream_saw_close.wait(), LIMIT)
+    assert sent < LIMIT / 0.01
+
+
+async def test_client_disconnect_while_waiting_closes_the_upstream(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    upstream_saw_close = asyncio.Event()
+
+    async def thinking(request: web.Request, got: Received) -> web.Response:
+        try:
+            await asyncio.sleep(LIMIT)
+        except asyncio.CancelledError:
+            upstream_saw_close.set()
+            raise
+        return web.Response(text="too late")
+
+    upstream.scripts["/v1/chat/completions"] = thinking
+    sidecar = await make_sidecar(vllm(upstream))
+    async with aiohttp.ClientSession() as session:
+        request = asyncio.ensure_future(
+            session.post(sidecar.url + "/v1/chat/completions", json=STREAM)
+        )
+        while not upstream.received:
+            await asyncio.sleep(0.01)
+        request.cancel()  # the client gives up before any reply
+        with pytest.raises(asyncio.CancelledError):
+            await request
+    await asyncio.wait_for(upstream_saw_close.wait(), LIMIT)
+
+
+async def test_upstream_dying_mid_stream_is_not_a_clean_end(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    events = chat_chunks("m", ["one", "two"])
+
+    async def dies(request: web.Request, got: Received) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(events[0])
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    upstream.scripts["/v1/chat/completions"] = dies
+    sidecar = await make_sidecar(vllm(upstream))
+    async with http.post(sidecar.url + "/v1/chat/completions", json=STREAM) as r:
+        assert r.status == 200
+        assert await r.content.readuntil(b"\n\n") == events[0]
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(r.read(), LIMIT)
+    async with http.post(sidecar.url + "/v1/chat/completions", json=STREAM) as r:
+        assert r.status == 200  # and the gateway keeps serving
+
+
+async def test_slow_stream_keeps_flowing(upstream: FakeUpstream, make_sidecar: MakeSidecar) -> None:
+    """A stream longer than the idle timeout lives on as long as chunks keep coming."""
+
+    async def slow(request: web.Request, got: Received) -> web.StreamResponse:
+        return await sse(request, chat_chunks("m", ["a", "b", "c", "d", "e"]), pause=0.1)
+
+    upstream.scripts["/v1/chat/completions"] = slow
+    sidecar = await make_sidecar(vllm(upstream) + "      timeout: 0.3\n")
+    stream = await sidecar.openai().chat.completions.create(
+        model="mistral", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    assert [c.choices[0].delta.content async for c in stream][1:6] == ["a", "b", "c", "d", "e"]
