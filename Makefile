@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONFIG ?= deploy/config.example.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint check clean
+.PHONY: run test lint check clean bench
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "sidecar needs Python >= 3.11 (make PYTHON=python3.11)")'
@@ -33,3 +33,7 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The benchmark (tests/bench/): needs wrk (apt-get install wrk); nginx is compared when installed.
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench.run $(BENCH_ARGS)

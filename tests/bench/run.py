@@ -1,0 +1,415 @@
+"""`make bench`: the sidecar against the upstream reached directly and nginx, in one run.
+
+The proxy under test (sidecar with one worker, or nginx with one worker process) is pinned to
+CPU 0; the fake upstream and the load generator (wrk, or the stream holder) share CPU 1. For each
+scenario and target it records requests/s, latency percentiles, the proxy's CPU time per
+request, its peak RSS and the errors, then prints a markdown table and writes it to a file.
+
+    python -m tests.bench.run [--duration 10] [--streams 10000] [--hold 30] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+PROXY_CPU = "0"
+LOAD_CPU = "1"
+KEY = "sk-bench-master-key"
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+CHAT_BODY = {
+    "model": "bench",
+    "messages": [
+        {"role": "system", "content": "You are a concise assistant. " * 8},
+        {"role": "user", "content": "Summarise the following text in one sentence. " + "lorem ipsum " * 50},
+    ],
+    "temperature": 0.2,
+    "max_tokens": 64,
+}
+SCENARIOS = {
+    "chat": ("(a) chat, 64 connections", "/v1/chat/completions", CHAT_BODY, 64),
+    "stream": ("(b) streamed chat, 20 chunks, 64 conn.", "/v1/chat/completions", {**CHAT_BODY, "stream": True}, 64),
+    "embeddings": ("(c) embeddings, 1536 dims, 64 conn.", "/v1/embeddings",
+                   {"model": "bench-embed", "input": "The quick brown fox jumps over the lazy dog."}, 64),
+    "latency": ("(d) chat, 1 connection", "/v1/chat/completions", CHAT_BODY, 1),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(cpu: str, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", cpu, *argv]
+
+
+def tree(pid: int) -> list[int]:
+    """pid and its children (nginx's workers)."""
+    found = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0
+    for p in tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICKS
+
+
+def status_kib(pid: int, field_name: str) -> int:
+    total = 0
+    for p in tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith(field_name + ":"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def reset_peak(pid: int) -> None:
+    for p in tree(pid):
+        try:
+            Path(f"/proc/{p}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        except OSError:
+            pass
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    start_s: float | None = None
+    idle_rss_kib: int | None = None
+    is_proxy: bool = True
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    cpu_us: float | None
+    peak_mib: float | None
+    errors: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def wait_http(port: int, path: str, limit: float = 10.0) -> float:
+    """Seconds until GET path answers 200."""
+    start = time.perf_counter()
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as r:
+                if r.status == 200:
+                    return time.perf_counter() - start
+        except OSError:
+            pass
+        if time.perf_counter() - start > limit:
+            raise SystemExit(f"bench: nothing answered on port {port}{path}")
+        time.sleep(0.005)
+
+
+def start_sidecar(work: Path, upstream: int) -> Target:
+    config = work / "sidecar.yaml"
+    config.write_text(
+        f"""
+model_list:
+  - model_name: bench
+    litellm_params:
+      model: hosted_vllm/bench-model
+      api_base: http://127.0.0.1:{upstream}/v1
+  - model_name: bench-embed
+    litellm_params:
+      model: hosted_vllm/bench-embed
+      api_base: http://127.0.0.1:{upstream}/v1
+general_settings:
+  master_key: {KEY}
+"""
+    )
+    port = free_port()
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        pinned(PROXY_CPU, [sys.executable, "-m", "sidecar", "--config", str(config),
+                           "--host", "127.0.0.1", "--port", str(port)]),
+        stdout=subprocess.DEVNULL, stderr=open(work / "sidecar.log", "wb"),
+    )
+    wait_http(port, "/health/readiness")
+    target = Target("sidecar", port, proc, start_s=time.perf_counter() - started)
+    time.sleep(0.5)
+    target.idle_rss_kib = status_kib(proc.pid, "VmRSS")
+    return target
+
+
+def start_nginx(work: Path, upstream: int) -> Target | None:
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx is None:
+        print("bench: nginx not installed (apt-get install nginx-light): its columns are skipped")
+        return None
+    port = free_port()
+    conf = work / "nginx.conf"
+    temp = work / "nginx-temp"
+    temp.mkdir(exist_ok=True)
+    conf.write_text(
+        f"""
+worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+{"user root;" if os.geteuid() == 0 else ""}
+worker_rlimit_nofile {resource.getrlimit(resource.RLIMIT_NOFILE)[1]};
+events {{ worker_connections 30000; }}
+http {{
+    access_log off;
+    client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fcgi; uwsgi_temp_path {temp}/uwsgi; scgi_temp_path {temp}/scgi;
+    upstream llm {{ server 127.0.0.1:{upstream}; keepalive 512; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://llm;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 600s;
+        }}
+        location = /health/readiness {{ return 200 "ok"; }}
+    }}
+}}
+"""
+    )
+    proc = subprocess.Popen(pinned(PROXY_CPU, [nginx, "-c", str(conf), "-p", str(work)]),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_http(port, "/health/readiness")
+    time.sleep(0.3)
+    return Target("nginx", port, proc, idle_rss_kib=status_kib(proc.pid, "VmRSS"))
+
+
+def wrk(port: int, path: str, body: dict[str, object], connections: int, seconds: float, work: Path) -> dict[str, int]:
+    body_file = work / "body.json"
+    body_file.write_text(json.dumps(body))
+    env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_AUTH": KEY}
+    out = subprocess.run(
+        pinned(LOAD_CPU, ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+                          "-s", str(HERE / "report.lua"), f"http://127.0.0.1:{port}{path}"]),
+        capture_output=True, text=True, env=env, check=True,
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("BENCH "))
+    return dict(json.loads(line[len("BENCH "):]))
+
+
+def measure(target: Target, scenario: str, seconds: float, work: Path, upstream: Target) -> Result:
+    _, path, body, connections = SCENARIOS[scenario]
+    wrk(target.port, path, body, connections, min(2.0, seconds), work)  # warm-up, not counted
+    watched = target if target.is_proxy else upstream
+    assert watched.proc is not None
+    reset_peak(watched.proc.pid)
+    cpu_before = cpu_seconds(watched.proc.pid)
+    got = wrk(target.port, path, body, connections, seconds, work)
+    cpu = cpu_seconds(watched.proc.pid) - cpu_before
+    requests = max(got["requests"], 1)
+    return Result(
+        rps=requests / (got["duration_us"] / 1e6),
+        p50_ms=got["p50_us"] / 1000,
+        p90_ms=got["p90_us"] / 1000,
+        p99_ms=got["p99_us"] / 1000,
+        cpu_us=cpu / requests * 1e6 if target.is_proxy else None,
+        peak_mib=status_kib(watched.proc.pid, "VmHWM") / 1024 if target.is_proxy else None,
+        errors=got["errors"] + got["non2xx"],
+    )
+
+
+def hold_streams(target: Target, streams: int, hold: float, work: Path) -> Result:
+    assert target.proc is not None or not target.is_proxy
+    pid = target.proc.pid if target.proc else None
+    rss_before = status_kib(pid, "VmRSS") if pid else 0
+    cpu_before = cpu_seconds(pid) if pid else 0.0
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        pinned(LOAD_CPU, [sys.executable, "-m", "tests.bench.holder", "--port", str(target.port),
+                          "--streams", str(streams), "--hold", str(hold), "--auth", KEY]),
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    opened_line = proc.stdout.readline().split()
+    open_s = time.perf_counter() - started
+    rss_open = status_kib(pid, "VmRSS") if pid else 0
+    done_line = proc.stdout.readline().split()
+    proc.wait()
+    opened = int(opened_line[1]) if len(opened_line) > 1 else 0
+    completed = int(done_line[1]) if len(done_line) > 1 else 0
+    per_stream = (rss_open - rss_before) / max(opened, 1)
+    return Result(
+        rps=completed / (time.perf_counter() - started),
+        p50_ms=0, p90_ms=0, p99_ms=0,
+        cpu_us=(cpu_seconds(pid) - cpu_before) / max(completed, 1) * 1e6 if pid else None,
+        peak_mib=rss_open / 1024 if pid else None,
+        errors=streams - completed,
+        extra={"opened": opened, "completed": completed, "kib_per_stream": per_stream, "open_s": open_s},
+    )
+
+
+def table(results: dict[str, dict[str, Result]], targets: list[Target]) -> str:
+    names = [t.name for t in targets]
+    lines = [
+        "| scenario | target | requests/s | p50 ms | p90 ms | p99 ms | proxy CPU µs/req | proxy peak RSS MiB | errors | ratio to nginx |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for scenario, by_target in results.items():
+        label = SCENARIOS[scenario][0] if scenario in SCENARIOS else scenario
+        nginx = by_target.get("nginx")
+        for name in names:
+            r = by_target.get(name)
+            if r is None:
+                continue
+            ratio = f"{r.rps / nginx.rps:.2f}×" if nginx and nginx.rps and name != "nginx" else ""
+            if scenario == "latency" and name != "direct" and "direct" in by_target:
+                added = r.p50_ms - by_target["direct"].p50_ms
+                added_nginx = nginx.p50_ms - by_target["direct"].p50_ms if nginx else None
+                ratio = f"+{added:.3f} ms p50" + (
+                    f" ({added / added_nginx:.2f}× nginx's)" if added_nginx and name != "nginx" else ""
+                )
+            if scenario == "streams":
+                x = r.extra
+                lines.append(
+                    f"| (e) {int(x['opened'])} open streams held | {name} | {x['completed']:.0f} completed | "
+                    f"opened in {x['open_s']:.1f} s | | | {_num(r.cpu_us)} | {_num(r.peak_mib)} | {r.errors} | "
+                    f"{x['kib_per_stream']:.1f} KiB/stream |"
+                )
+                continue
+            lines.append(
+                f"| {label} | {name} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p90_ms:.2f} | {r.p99_ms:.2f} | "
+                f"{_num(r.cpu_us)} | {_num(r.peak_mib)} | {r.errors} | {ratio} |"
+            )
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:,.1f}"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return f"{os.cpu_count()} × {cpu}, Linux {platform.release()}, Python {platform.python_version()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # A proxy holds two descriptors per open stream (client and upstream), so the per-process
+    # descriptor limit caps how many streams any proxy here can hold.
+    default_streams = min(10_000, (hard - 200) // 2)
+    parser.add_argument("--streams", type=int, default=default_streams, help="open streams for (e)")
+    parser.add_argument("--hold", type=float, default=30.0, help="seconds each stream is held open")
+    parser.add_argument("--only", default="chat,stream,embeddings,latency,streams")
+    parser.add_argument("--targets", default="direct,nginx,sidecar")
+    parser.add_argument("--separate-writes", action="store_true", help="upstream writes each SSE event on its own")
+    parser.add_argument("--out", default=str(ROOT / "bench-results.md"))
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("bench: wrk is not installed; install it with: sudo apt-get install wrk", file=sys.stderr)
+        return 2
+    if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+        print("bench: needs taskset (util-linux) and 2 CPUs", file=sys.stderr)
+        return 2
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    wanted = args.targets.split(",")
+    with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as tmp:
+        work = Path(tmp)
+        up_port = free_port()
+        up_argv = [sys.executable, "-m", "tests.bench.upstream", "--port", str(up_port)]
+        if args.separate_writes:
+            up_argv.append("--separate-writes")
+        up_proc = subprocess.Popen(pinned(LOAD_CPU, up_argv), cwd=ROOT)
+        upstream = Target("direct", up_port, up_proc, is_proxy=False)
+        targets: list[Target] = []
+        try:
+            time.sleep(0.5)
+            if "direct" in wanted:
+                targets.append(upstream)
+            if "nginx" in wanted and (nginx := start_nginx(work, up_port)) is not None:
+                targets.append(nginx)
+            if "sidecar" in wanted:
+                targets.append(start_sidecar(work, up_port))
+            results: dict[str, dict[str, Result]] = {}
+            for scenario in args.only.split(","):
+                results[scenario] = {}
+                for target in targets:
+                    if scenario == "streams":
+                        if target.is_proxy:
+                            results[scenario][target.name] = hold_streams(target, args.streams, args.hold, work)
+                    else:
+                        results[scenario][target.name] = measure(target, scenario, args.duration, work, upstream)
+                    print(f"bench: {scenario} via {target.name}: done", file=sys.stderr)
+        finally:
+            for t in [*targets, upstream]:
+                if t.proc is not None and t.proc.poll() is None:
+                    t.proc.terminate()
+                    try:
+                        t.proc.wait(10)
+                    except subprocess.TimeoutExpired:
+                        t.proc.kill()
+    sidecar = next((t for t in targets if t.name == "sidecar"), None)
+    nginx_t = next((t for t in targets if t.name == "nginx"), None)
+    report = [
+        f"Machine: {machine()}. Proxy pinned to CPU {PROXY_CPU}; upstream and load (wrk {args.duration:.0f} s, 1 thread) on CPU {LOAD_CPU}.",
+        f"Command: `make bench` (python -m tests.bench.run --duration {args.duration:g} --streams {args.streams} --hold {args.hold:g}"
+        + (" --separate-writes" if args.separate_writes else "") + ").",
+        "",
+        table(results, targets),
+        "",
+    ]
+    if sidecar is not None:
+        report.append(
+            f"sidecar: start to serving {sidecar.start_s:.3f} s (exec to first 200 on /health/readiness), "
+            f"idle RSS {(sidecar.idle_rss_kib or 0) / 1024:.1f} MiB."
+        )
+    if nginx_t is not None:
+        report.append(f"nginx: idle RSS {(nginx_t.idle_rss_kib or 0) / 1024:.1f} MiB (master and worker).")
+    text = "\n".join(report) + "\n"
+    print(text)
+    Path(args.out).write_text(text)
+    print(f"bench: written to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""A fast fake OpenAI upstream for the benchmark: a raw asyncio protocol with canned replies.
+
+It parses just enough HTTP/1.1 (request line, Content-Length, keep-alive) to serve the
+benchmark's clients and proxies, so that it is never the bottleneck. Replies:
+- POST .../chat/completions: a chat.completion, or, with "stream": true in the body, a
+  chunked text/event-stream of 20 SSE events (see SEPARATE_WRITES);
+- POST .../embeddings: one 1536-dimension vector;
+- a body with "bench_hold": S sends the first stream chunk, then the rest S seconds later.
+
+    python -m tests.bench.upstream --port 9000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import re
+from typing import cast
+
+import orjson
+
+STREAM_CHUNKS = 20
+DIMENSIONS = 1536
+
+_HOLD = re.compile(rb'"bench_hold"\s*:\s*([0-9.]+)')
+_STREAM = re.compile(rb'"stream"\s*:\s*true')
+
+
+def _response(status: str, content_type: str, body: bytes) -> bytes:
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+CHAT = _response(
+    "200 OK",
+    "application/json",
+    orjson.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": "bench-model",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "The quick brown fox jumps over the lazy dog. " * 4},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 220, "completion_tokens": 40, "total_tokens": 260},
+        }
+    ),
+)
+
+_rng = random.Random(7)
+EMBEDDING = _response(
+    "200 OK",
+    "application/json",
+    orjson.dumps(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "object": "embedding",
+                    "index": 0,
+                    "embedding": [round(_rng.uniform(-0.1, 0.1), 9) for _ in range(DIMENSIONS)],
+                }
+            ],
+            "model": "bench-embed",
+            "usage": {"prompt_tokens": 8, "total_tokens": 8},
+        }
+    ),
+)
+
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+STREAM_EVENTS = [
+    _chunk(
+        b"data: "
+        + orjson.dumps(
+            {
+                "id": "chatcmpl-bench",
+                "object": "chat.completion.chunk",
+                "created": 1700000000,
+                "model": "bench-model",
+                "choices": [{"index": 0, "delta": {"content": f"token{i} "}, "finish_reason": None}],
+            }
+        )
+        + b"\n\n"
+    )
+    for i in range(STREAM_CHUNKS - 1)
+] + [_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"]
+
+STREAM_BODY = b"".join(STREAM_EVENTS)
+# One write per event makes each its own TCP segment, as a server flushing every token does. It
+# is realistic but costs this process and the load generator (which share a core) so much that
+# they, not the proxy, would set the pace; so by default the events go out in one write.
+SEPARATE_WRITES = False
+
+NOT_FOUND = _response("404 Not Found", "application/json", b'{"error":{"message":"no route"}}')
+
+
+class Upstream(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buffer[:end]
+            length = 0
+            lower = head.lower()
+            at = lower.find(b"content-length:")
+            if at >= 0:
+                line_end = lower.find(b"\r\n", at)
+                length = int(lower[at + 15 : line_end if line_end >= 0 else None])
+            total = end + 4 + length
+            if len(self.buffer) < total:
+                return
+            body = self.buffer[end + 4 : total]
+            self.buffer = self.buffer[total:]
+            self.respond(head[: head.find(b"\r\n")], body)
+
+    def respond(self, request_line: bytes, body: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        path = request_line.split(b" ", 2)[1]
+        if path.endswith(b"/chat/completions"):
+            if _STREAM.search(body):
+                hold = _HOLD.search(body)
+                self.stream(float(hold.group(1)) if hold else 0.0)
+            else:
+                transport.write(CHAT)
+        elif path.endswith(b"/embeddings"):
+            transport.write(EMBEDDING)
+        else:
+            transport.write(NOT_FOUND)
+
+    def stream(self, hold: float) -> None:
+        """The head and the 20 events; with a hold, the first event comes at once and the rest
+        `hold` seconds later."""
+        assert self.transport is not None
+        transport = self.transport
+        transport.write(STREAM_HEAD)
+        if hold:
+            transport.write(STREAM_EVENTS[0])
+            asyncio.get_running_loop().call_later(hold, self.finish, 1)
+        else:
+            self.finish(0)
+
+    def finish(self, start: int) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if SEPARATE_WRITES:
+            for event in STREAM_EVENTS[start:]:
+                transport.write(event)
+        else:
+            transport.write(STREAM_BODY if start == 0 else b"".join(STREAM_EVENTS[start:]))
+
+
+async def serve(host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Upstream, host, port, backlog=4096, reuse_address=True)
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--separate-writes", action="store_true", help="one write per SSE event")
+    args = parser.parse_args()
+    global SEPARATE_WRITES
+    SEPARATE_WRITES = args.separate_writes
+    import uvloop
+
+    uvloop.run(serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()
