@@ -1,6 +1,8 @@
 # `make run` and `make test` set everything up on a fresh machine: a virtual environment in
 # .venv with the package and its test tools. Python >= 3.11 is needed (PYTHON=python3.12 to pick).
-PYTHON ?= python3
+# The distribution's interpreter is preferred where there is one: it is built with PGO and LTO,
+# which makes the gateway's hot path markedly faster than a plain source build (pyenv's default).
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3.13 /usr/bin/python3.12 /usr/bin/python3.11) python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= deploy/config.example.yaml

@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from yarl import URL
 
 from sidecar.routes import Endpoint
+from sidecar.upstream import Origin
 
 
 class ConfigError(Exception):
@@ -63,7 +63,9 @@ class Deployment:
     urls: Mapping[Endpoint, URL]  # the endpoints this deployment serves, and where
     headers: Mapping[str, str]  # auth and extra headers, built once at load time
     defaults: Mapping[Endpoint, Mapping[str, Any]]  # request parameters the client may override
-    timeout: aiohttp.ClientTimeout
+    timeout: float  # seconds of upstream silence allowed: before the reply, and between chunks
+    origin: Origin | None = None  # where its connections go; None for mock deployments
+    heads: Mapping[Endpoint, bytes] = field(default_factory=dict)  # request heads, per endpoint
     mock_response: str | None = None
     supports_system_message: bool = True
     rpm: int | None = None

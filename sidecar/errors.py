@@ -7,12 +7,12 @@ Messages never contain a key: callers pass only names and public facts.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 
-import aiohttp
 import orjson
 from aiohttp import web
+
+from sidecar.upstream import UpstreamError
 
 INVALID_REQUEST = "invalid_request_error"
 AUTHENTICATION = "authentication_error"
@@ -103,23 +103,20 @@ def too_large(limit: int) -> GatewayError:
     )
 
 
-def upstream_failure(exc: BaseException, deployment: str) -> GatewayError:
+def upstream_failure(exc: UpstreamError, deployment: str) -> GatewayError:
     """A failure reaching the upstream or reading its reply, before any byte went to the client."""
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+    if exc.kind == "timeout":
         return GatewayError(
             504,
             f"Upstream '{deployment}' did not answer in time.",
             UPSTREAM,
             "upstream_timeout",
         )
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        reason = "connection refused or unreachable"
-    elif isinstance(exc, aiohttp.ServerDisconnectedError):
-        reason = "it closed the connection before replying"
-    elif isinstance(exc, aiohttp.ClientPayloadError):
-        reason = "its reply was cut short"
-    else:
-        reason = type(exc).__name__
+    reason = {
+        "connect": "connection refused or unreachable",
+        "closed": "it closed the connection before replying",
+        "protocol": "its reply was not valid HTTP/1.1",
+    }.get(exc.kind, exc.kind)
     return GatewayError(
         502,
         f"Upstream '{deployment}' could not be reached: {reason}.",

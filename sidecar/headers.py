@@ -6,7 +6,7 @@ ones a relayed body invalidates (its length and framing) or that our own server 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -33,33 +33,51 @@ DEPLOYMENT_HEADER = "x-sidecar-deployment"
 # ingress in front (X-Accel-Buffering is nginx's per-response switch).
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
-
-def upstream_request_headers(
-    deployment_headers: Mapping[str, str], client: CIMultiDictProxy[str]
-) -> dict[str, str]:
-    """Headers for the upstream call. Nothing of the client's goes up but what it accepts:
-    never its Authorization, cookies or proxy headers. The reply is relayed undecoded, so the
-    upstream may compress only if the client said it can decompress."""
-    headers = {
-        "Content-Type": "application/json",
-        "Accept-Encoding": client.get("Accept-Encoding", "identity"),
-    }
-    accept = client.get("Accept")
-    if accept is not None:
-        headers["Accept"] = accept
-    headers.update(deployment_headers)
-    return headers
+# What of the client's request may go upstream: only what it accepts back. Never its
+# Authorization, api-key, cookies or proxy headers.
+_FORWARDED = ("Accept", "Accept-Encoding")
 
 
-def reply_headers(upstream: CIMultiDictProxy[str], deployment_id: str) -> CIMultiDict[str]:
-    """The upstream's end-to-end headers (content type, encoding, rate-limit hints ...)."""
-    out: CIMultiDict[str] = CIMultiDict()
-    connection_tokens = {
-        t.strip().lower() for t in upstream.get("Connection", "").split(",") if t.strip()
-    }
-    for name, value in upstream.items():
-        low = name.lower()
-        if low not in _NOT_RELAYED and low not in connection_tokens:
-            out.add(name, value)
-    out[DEPLOYMENT_HEADER] = deployment_id
+def request_head(method: str, target: str, authority: str, fixed: Mapping[str, str]) -> bytes:
+    """The start of every upstream request of one deployment and endpoint, built at load time:
+    request line, Host, the deployment's key and extra headers. Per request, client_headers()
+    and the body's length follow."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {authority}", "Content-Type: application/json"]
+    lines += [f"{name}: {value}" for name, value in fixed.items()]
+    return ("\r\n".join(lines) + "\r\n").encode("latin-1")
+
+
+def client_headers(client: CIMultiDictProxy[str]) -> bytes:
+    """The per-request header lines taken from the client. The reply is relayed undecoded, so
+    the upstream may compress only if the client said it can decompress."""
+    out = b""
+    for name in _FORWARDED:
+        value = client.get(name)
+        if value is not None and "\r" not in value and "\n" not in value:
+            out += f"{name}: {value}\r\n".encode("latin-1", "replace")
+        elif name == "Accept-Encoding":
+            out += b"Accept-Encoding: identity\r\n"
     return out
+
+
+def reply_headers(
+    upstream: Iterable[tuple[str, str]], deployment_id: str
+) -> tuple[CIMultiDict[str], str]:
+    """The upstream's end-to-end headers (content type, encoding, rate-limit hints ...), and its
+    content type in lower case."""
+    pairs = list(upstream)
+    connection_tokens: set[str] = set()
+    for name, value in pairs:
+        if name.lower() == "connection":
+            connection_tokens.update(t.strip().lower() for t in value.split(","))
+    out: CIMultiDict[str] = CIMultiDict()
+    content_type = ""
+    for name, value in pairs:
+        low = name.lower()
+        if low in _NOT_RELAYED or low in connection_tokens:
+            continue
+        if low == "content-type":
+            content_type = value.lower()
+        out.add(name, value)
+    out[DEPLOYMENT_HEADER] = deployment_id
+    return out, content_type

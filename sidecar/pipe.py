@@ -11,51 +11,41 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import aiohttp
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from sidecar import errors
 from sidecar.headers import STREAM_HEADERS, reply_headers
+from sidecar.upstream import Exchange, UpstreamError
 
 
-async def relay(
-    request: BaseRequest, upstream: aiohttp.ClientResponse, deployment_id: str
-) -> web.StreamResponse:
-    """Send the upstream's reply to the client. Closes or releases `upstream` in every case."""
-    headers = reply_headers(upstream.headers, deployment_id)
-    if upstream.content_length is not None and upstream.content_type != "text/event-stream":
-        try:
-            body = await upstream.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise errors.upstream_failure(exc, deployment_id) from None
-        finally:
-            upstream.release()
-        return web.Response(status=upstream.status, body=body, headers=headers)
-    if upstream.content_type == "text/event-stream":
-        headers.update(STREAM_HEADERS)
-    out = web.StreamResponse(status=upstream.status, headers=headers)
-    complete = False
+async def relay(request: BaseRequest, exchange: Exchange, deployment_id: str) -> web.StreamResponse:
+    """Send the upstream's reply to the client. Ends `exchange` in every case."""
+    headers, content_type = reply_headers(exchange.headers, deployment_id)
     try:
+        if exchange.length is not None and not content_type.startswith("text/event-stream"):
+            try:
+                body = await exchange.read_all()
+            except UpstreamError as exc:
+                raise errors.upstream_failure(exc, deployment_id) from None
+            return web.Response(status=exchange.status, body=body, headers=headers)
+        if content_type.startswith("text/event-stream"):
+            headers.update(STREAM_HEADERS)
+        out = web.StreamResponse(status=exchange.status, headers=headers)
         await out.prepare(request)
-        content = upstream.content
         while True:
             try:
-                chunk = await content.readany()
-            except (TimeoutError, aiohttp.ClientError):
+                chunk = await exchange.next_chunk()
+            except UpstreamError:
                 abort(request)
                 return out
             if not chunk:
                 break
             await out.write(chunk)
-        complete = True
         await out.write_eof()
         return out
     finally:
-        if complete:
-            upstream.release()
-        else:
-            upstream.close()
+        exchange.close()
 
 
 async def send_events(

@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
@@ -17,10 +16,11 @@ from sidecar import auth, errors, mock, pipe
 from sidecar import request as requests
 from sidecar.config import Config
 from sidecar.deployment import Deployment
-from sidecar.headers import DEPLOYMENT_HEADER, upstream_request_headers
+from sidecar.headers import DEPLOYMENT_HEADER, client_headers
 from sidecar.metrics import UNKNOWN, Metrics
 from sidecar.routes import MODEL_ENDPOINTS, Endpoint, RouteError, match
 from sidecar.table import Table, pick
+from sidecar.upstream import Pool, UpstreamError
 
 log = logging.getLogger("sidecar")
 
@@ -63,9 +63,9 @@ class Outcome:
 
 
 class Gateway:
-    def __init__(self, config: Config, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+    def __init__(self, config: Config, pool: Pool, metrics: Metrics) -> None:
         self.state = State.of(config)
-        self.session = session
+        self.pool = pool
         self.metrics = metrics
         self.draining = False
 
@@ -145,24 +145,27 @@ class Gateway:
         upstream_model = deployment.upstream_model(found.wildcard)
         if deployment.mock_response is not None:
             return await _mock(request, endpoint, body, deployment, upstream_model)
-        url = deployment.urls.get(endpoint)
-        if url is None:
+        head = deployment.heads.get(endpoint)
+        if head is None or deployment.origin is None:
             raise errors.bad_request(
                 f"The model '{model}' does not serve {endpoint.value}.",
                 "model",
                 "unsupported_endpoint",
             )
         payload = requests.upstream_body(body, upstream_model, deployment.defaults[endpoint])
-        headers = upstream_request_headers(deployment.headers, request.headers)
+        data = b"%s%sContent-Length: %d\r\n\r\n%s" % (
+            head,
+            client_headers(request.headers),
+            len(payload),
+            payload,
+        )
         try:
-            reply = await self.session.post(
-                url, data=payload, headers=headers, timeout=deployment.timeout
-            )
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            exchange = await self.pool.request(deployment.origin, data, deployment.timeout)
+        except UpstreamError as exc:
             failure = errors.upstream_failure(exc, deployment.id)
             self.metrics.upstream_error(deployment.id, failure.code or "")
             raise failure from None
-        return await pipe.relay(request, reply, deployment.id)
+        return await pipe.relay(request, exchange, deployment.id)
 
 
 async def _mock(

@@ -20,7 +20,7 @@ from sidecar.config import Config
 from sidecar.deployment import ConfigError
 from sidecar.metrics import Metrics
 from sidecar.proxy import Gateway
-from sidecar.upstream import new_session
+from sidecar.upstream import Pool
 
 log = logging.getLogger("sidecar")
 
@@ -39,12 +39,12 @@ class Running:
         """Stop listening, let in-flight requests finish (up to the drain timeout), close the pool."""
         self.gateway.draining = True
         await self.runner.cleanup()
-        await self.gateway.session.close()
+        await self.gateway.pool.close()
 
 
 async def start(config: Config, host: str, port: int, *, reuse_port: bool = False) -> Running:
-    session = new_session()
-    gateway = Gateway(config, session, Metrics())
+    pool = Pool()
+    gateway = Gateway(config, pool, Metrics())
     loop = asyncio.get_running_loop()
 
     def make_request(
@@ -74,7 +74,7 @@ async def start(config: Config, host: str, port: int, *, reuse_port: bool = Fals
         await site.start()
     except BaseException:
         await runner.cleanup()
-        await session.close()
+        await pool.close()
         raise
     bound = runner.addresses[0][1] if runner.addresses else port
     return Running(gateway, runner, bound)

@@ -1,29 +1,364 @@
-"""The pooled client session every upstream call goes through."""
+"""Pooled keep-alive HTTP/1.1 connections to upstreams, as plain asyncio protocols.
+
+Measured against aiohttp's client on the benchmark, this pipe costs the proxy far less CPU per
+request: the request head is mostly built at load time, a reply is parsed by http1.py, and a
+body is handed on as the bytes that arrived, without a copy.
+
+An Exchange is one request and its reply on one connection. The proxy awaits its head, then
+either its whole body (when the length is known) or its chunks as they come. A connection goes
+back to the pool only once a reply has been read to its end and the upstream keeps it alive.
+"""
 
 from __future__ import annotations
 
-import aiohttp
+import asyncio
+import collections
+import ssl
+from dataclasses import dataclass
 
-KEEPALIVE_SECONDS = 60.0  # idle pooled connections are closed after this
+from sidecar.http1 import Headers, ProtocolError, ResponseParser
+
+KEEPALIVE_SECONDS = 60.0  # an idle pooled connection is closed after this
+MAX_IDLE_PER_ORIGIN = 256  # idle connections kept per upstream; more are closed when released
+HIGH_WATER = 256 * 1024  # buffered reply bytes that pause reading from the upstream
+LOW_WATER = 64 * 1024  # ... and resume it
 
 
-def new_session() -> aiohttp.ClientSession:
-    """One session per process: keep-alive connections pooled per upstream host.
+class UpstreamError(Exception):
+    """The upstream could not be reached, broke the exchange, or was too slow."""
 
-    - no connection limit here: the sidecar's own limits bound concurrency, and a pool cap
-      would queue long-lived streams behind each other;
-    - no total timeout (aiohttp's default of 5 minutes would cut long streams): each deployment
-      passes its own connect and idle-read limits;
-    - replies are relayed as sent, compressed or not, so nothing is decompressed;
-    - no cookie jar: a cookie one upstream sets must never ride along on another client's call.
-    """
-    connector = aiohttp.TCPConnector(
-        limit=0, limit_per_host=0, keepalive_timeout=KEEPALIVE_SECONDS, ttl_dns_cache=10
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind  # "connect", "timeout", "closed" or "protocol"
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where connections go: scheme, host and port, and TLS settings for https."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @property
+    def authority(self) -> str:
+        default = 443 if self.tls else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection; carries one Exchange at a time."""
+
+    def __init__(self, pool: Pool, origin: Origin) -> None:
+        self.pool = pool
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.exchange: Exchange | None = None
+        self.closed = False
+        self.idle_since = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            self.close()  # bytes nobody asked for: the connection cannot be trusted
+            return
+        exchange.data_received(data)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        if self.exchange is not None:
+            self.exchange.connection_lost(exc)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pool.forget(self)
+            if self.transport is not None:
+                self.transport.close()
+
+
+class Exchange:
+    """One request and its reply. Not reusable."""
+
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_deadline_handle",
+        "_error",
+        "_last_read",
+        "_loop",
+        "_parser",
+        "_paused",
+        "_waiter",
+        "conn",
+        "ended",
+        "got_bytes",
+        "headers",
+        "status",
+        "timeout",
     )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None),
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("User-Agent",),
-    )
+
+    def __init__(self, conn: Connection, timeout: float) -> None:
+        self.conn = conn
+        self.timeout = timeout  # seconds of silence allowed, before the head and between chunks
+        self._loop = asyncio.get_running_loop()
+        self._parser = ResponseParser(self._on_head, self._on_body, self._on_end)
+        self.status = 0
+        self.headers: Headers = []
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: UpstreamError | None = None
+        self.ended = False
+        self.got_bytes = False
+        self._last_read = self._loop.time()
+        self._deadline_handle: asyncio.TimerHandle | None = self._loop.call_at(
+            self._last_read + timeout, self._check_deadline
+        )
+
+    # Protocol side.
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        self._last_read = self._loop.time()
+        try:
+            self._parser.feed(data)
+        except ProtocolError as exc:
+            self._fail(UpstreamError("protocol", str(exc)))
+            self.conn.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.ended:
+            return
+        try:
+            self._parser.feed_eof()
+        except ProtocolError:
+            self._fail(UpstreamError("closed", "the upstream closed the connection"))
+
+    def _on_head(self, status: int, headers: Headers) -> None:
+        self.status = status
+        self.headers = headers
+        self._wake()
+
+    def _on_body(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > HIGH_WATER and not self._paused:
+            self._paused = True
+            self.conn.pause_reading()
+        self._wake()
+
+    def _on_end(self) -> None:
+        self.ended = True
+        self._cancel_deadline()
+        conn = self.conn
+        conn.exchange = None
+        if self._parser.keep_alive and not conn.closed:
+            conn.pool.release(conn)
+        else:
+            conn.close()
+        self._wake()
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self._error is None and not self.ended:
+            self._error = error
+            self._cancel_deadline()
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _check_deadline(self) -> None:
+        # One timer per exchange, re-armed only when it fires: reads just note the time.
+        now = self._loop.time()
+        due = self._last_read + self.timeout
+        if now >= due:
+            self._deadline_handle = None
+            self._fail(UpstreamError("timeout", f"no reply for {self.timeout:g}s"))
+            self.conn.close()
+        else:
+            self._deadline_handle = self._loop.call_at(due, self._check_deadline)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline_handle is not None:
+            self._deadline_handle.cancel()
+            self._deadline_handle = None
+
+    async def _wait(self) -> None:
+        waiter = self._loop.create_future()
+        self._waiter = waiter
+        await waiter
+
+    # Consumer side.
+
+    @property
+    def length(self) -> int | None:
+        """The body's length, when the reply's head states it."""
+        return self._parser.length
+
+    async def head(self) -> None:
+        """Wait for the status and headers."""
+        while not self.status:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+
+    async def read_all(self) -> bytes:
+        """The whole body (for replies with a known length)."""
+        while not self.ended:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+        chunks = self._chunks
+        if len(chunks) == 1:
+            return chunks.popleft()
+        body = b"".join(chunks)
+        chunks.clear()
+        return body
+
+    async def next_chunk(self) -> bytes:
+        """The body bytes that arrived since the last call; b"" at the end."""
+        while True:
+            chunks = self._chunks
+            if chunks:
+                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self._buffered = 0
+                if self._paused:
+                    self._paused = False
+                    self.conn.resume_reading()
+                return data
+            if self.ended:
+                return b""
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+
+    def close(self) -> None:
+        """Abandon the exchange: its connection is closed unless the reply was read to the end."""
+        self._cancel_deadline()
+        if not self.ended:
+            self.ended = True
+            self.conn.exchange = None
+            self.conn.close()
+
+
+class Pool:
+    """Idle keep-alive connections per origin, most recently used first."""
+
+    def __init__(self, connect_timeout: float = 10.0) -> None:
+        self.connect_timeout = connect_timeout
+        self.idle: dict[Origin, list[Connection]] = {}
+        self._tls = ssl.create_default_context()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    async def request(self, origin: Origin, data: bytes, timeout: float) -> Exchange:
+        """Send one request (head and body, already serialised); return its Exchange once the
+        reply head has arrived. A stale pooled connection that the upstream closed before any
+        byte of the reply is replaced once, transparently: the upstream never saw the request."""
+        while True:
+            conn = self._take(origin)
+            fresh = conn is None
+            if conn is None:
+                conn = await self._connect(origin, timeout)
+            exchange = Exchange(conn, timeout)
+            conn.exchange = exchange
+            assert conn.transport is not None
+            conn.transport.write(data)
+            try:
+                await exchange.head()
+            except UpstreamError as exc:
+                exchange.close()
+                if not fresh and exc.kind == "closed" and not exchange.got_bytes:
+                    continue
+                raise
+            except BaseException:
+                exchange.close()
+                raise
+            return exchange
+
+    def _take(self, origin: Origin) -> Connection | None:
+        idle = self.idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    async def _connect(self, origin: Origin, timeout: float) -> Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(min(self.connect_timeout, timeout)):
+                _, conn = await loop.create_connection(
+                    lambda: Connection(self, origin),
+                    origin.host,
+                    origin.port,
+                    ssl=self._tls if origin.tls else None,
+                    server_hostname=origin.host if origin.tls else None,
+                )
+        except TimeoutError:
+            raise UpstreamError("timeout", "connecting timed out") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise UpstreamError("connect", type(exc).__name__) from None
+        return conn
+
+    def release(self, conn: Connection) -> None:
+        if self.closed:
+            conn.close()
+            return
+        idle = self.idle.setdefault(conn.origin, [])
+        if len(idle) >= MAX_IDLE_PER_ORIGIN:
+            conn.close()
+            return
+        loop = asyncio.get_running_loop()
+        conn.idle_since = loop.time()
+        idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(KEEPALIVE_SECONDS / 2, self._sweep)
+
+    def forget(self, conn: Connection) -> None:
+        idle = self.idle.get(conn.origin)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        cutoff = loop.time() - KEEPALIVE_SECONDS
+        for idle in list(self.idle.values()):
+            for conn in [c for c in idle if c.idle_since < cutoff]:
+                conn.close()
+        if any(self.idle.values()):
+            self._sweeper = loop.call_later(KEEPALIVE_SECONDS / 2, self._sweep)
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for idle in list(self.idle.values()):
+            for conn in list(idle):
+                conn.close()
+        self.idle.clear()
+        await asyncio.sleep(0)  # let the transports finish closing

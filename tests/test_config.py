@@ -83,10 +83,13 @@ def test_yaml_and_toml_mean_the_same(tmp_path: Path) -> None:
     assert mistral.headers == {"Authorization": "Bearer k-1", "X-Team": "search"}
     assert mistral.defaults[Endpoint.CHAT] == {"max_tokens": 256}
     assert mistral.defaults[Endpoint.EMBEDDINGS] == {}
-    assert mistral.timeout.sock_read == 30
+    assert mistral.timeout == 30
+    assert mistral.heads[Endpoint.CHAT].startswith(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: vllm:8000\r\n"
+    )
     assert gpt.headers == {}  # api_key "" sends no key
     assert str(gpt.urls[Endpoint.EMBEDDINGS]) == "https://api.openai.com/v1/embeddings"
-    assert gpt.timeout.sock_read == 90  # router_settings.timeout
+    assert gpt.timeout == 90  # router_settings.timeout
     assert a.server.port == 4100
     assert any("litellm_settings" in w for w in a.warnings)
 

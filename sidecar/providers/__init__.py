@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import aiohttp
 from yarl import URL
 
 from sidecar.deployment import ConfigError, Deployment, Params
+from sidecar.headers import request_head
 from sidecar.params import BY_ENDPOINT
 from sidecar.providers import openai
 from sidecar.routes import Endpoint
+from sidecar.upstream import Origin
 
 BUILDERS: dict[str, openai.Builder] = {
     "openai": openai.build_openai,
@@ -28,8 +29,6 @@ KNOWN = (*BUILDERS, *PLANNED)
 # Names LiteLLM resolves to OpenAI without a prefix ("model: gpt-4o" in its docs' examples).
 _OPENAI_BARE_PREFIXES = ("gpt-", "chatgpt-", "o1", "o3", "o4", "text-embedding-", "ft:gpt-")
 _OPENAI_BARE_NAMES = frozenset({"davinci-002", "babbage-002"})
-
-CONNECT_TIMEOUT = 10.0  # seconds to open a TCP connection; a live upstream needs far less
 
 
 def split_model(model: str, where: str) -> tuple[str, str]:
@@ -67,6 +66,24 @@ def build(
         headers: Mapping[str, str] = {}
     else:
         urls, headers = BUILDERS[params.provider](params, env, where)
+        for name, value in headers.items():
+            if any(c in value for c in "\r\n\0"):
+                key = (
+                    "api_key"
+                    if name.lower() in ("authorization", "api-key")
+                    else f"extra_headers.{name}"
+                )
+                raise ConfigError(f"{where}.{key}", "must not contain line breaks or NUL")
+    origin = None
+    heads: dict[Endpoint, bytes] = {}
+    if urls:
+        first = next(iter(urls.values()))
+        assert first.host is not None and first.port is not None
+        origin = Origin(first.host, first.port, first.scheme == "https")
+        heads = {
+            endpoint: request_head("POST", url.raw_path_qs, origin.authority, headers)
+            for endpoint, url in urls.items()
+        }
     defaults = {
         endpoint: {k: v for k, v in params.defaults.items() if k in accepted}
         for endpoint, accepted in BY_ENDPOINT.items()
@@ -80,9 +97,9 @@ def build(
         urls=urls,
         headers=headers,
         defaults=defaults,
-        timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=min(CONNECT_TIMEOUT, timeout), sock_read=timeout
-        ),
+        timeout=timeout,
+        origin=origin,
+        heads=heads,
         mock_response=params.mock_response,
         supports_system_message=params.supports_system_message is not False,
         rpm=params.rpm,

@@ -21,7 +21,9 @@ CONNECTS_AT_ONCE = 200  # connection attempts in flight; keeps the proxy's accep
 
 
 class Stream(asyncio.Protocol):
-    def __init__(self, request: bytes, opened: asyncio.Future[bool], done: asyncio.Future[bool]) -> None:
+    def __init__(
+        self, request: bytes, opened: asyncio.Future[bool], done: asyncio.Future[bool]
+    ) -> None:
         self.request = request
         self.opened = opened
         self.done = done

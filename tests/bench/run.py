@@ -37,16 +37,28 @@ CHAT_BODY = {
     "model": "bench",
     "messages": [
         {"role": "system", "content": "You are a concise assistant. " * 8},
-        {"role": "user", "content": "Summarise the following text in one sentence. " + "lorem ipsum " * 50},
+        {
+            "role": "user",
+            "content": "Summarise the following text in one sentence. " + "lorem ipsum " * 50,
+        },
     ],
     "temperature": 0.2,
     "max_tokens": 64,
 }
 SCENARIOS = {
     "chat": ("(a) chat, 64 connections", "/v1/chat/completions", CHAT_BODY, 64),
-    "stream": ("(b) streamed chat, 20 chunks, 64 conn.", "/v1/chat/completions", {**CHAT_BODY, "stream": True}, 64),
-    "embeddings": ("(c) embeddings, 1536 dims, 64 conn.", "/v1/embeddings",
-                   {"model": "bench-embed", "input": "The quick brown fox jumps over the lazy dog."}, 64),
+    "stream": (
+        "(b) streamed chat, 20 chunks, 64 conn.",
+        "/v1/chat/completions",
+        {**CHAT_BODY, "stream": True},
+        64,
+    ),
+    "embeddings": (
+        "(c) embeddings, 1536 dims, 64 conn.",
+        "/v1/embeddings",
+        {"model": "bench-embed", "input": "The quick brown fox jumps over the lazy dog."},
+        64,
+    ),
     "latency": ("(d) chat, 1 connection", "/v1/chat/completions", CHAT_BODY, 1),
 }
 
@@ -163,9 +175,22 @@ general_settings:
     port = free_port()
     started = time.perf_counter()
     proc = subprocess.Popen(
-        pinned(PROXY_CPU, [sys.executable, "-m", "sidecar", "--config", str(config),
-                           "--host", "127.0.0.1", "--port", str(port)]),
-        stdout=subprocess.DEVNULL, stderr=open(work / "sidecar.log", "wb"),
+        pinned(
+            PROXY_CPU,
+            [
+                sys.executable,
+                "-m",
+                "sidecar",
+                "--config",
+                str(config),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "sidecar.log", "wb"),
     )
     wait_http(port, "/health/readiness")
     target = Target("sidecar", port, proc, start_s=time.perf_counter() - started)
@@ -175,7 +200,9 @@ general_settings:
 
 
 def start_nginx(work: Path, upstream: int) -> Target | None:
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    nginx = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
     if nginx is None:
         print("bench: nginx not installed (apt-get install nginx-light): its columns are skipped")
         return None
@@ -211,24 +238,44 @@ http {{
 }}
 """
     )
-    proc = subprocess.Popen(pinned(PROXY_CPU, [nginx, "-c", str(conf), "-p", str(work)]),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        pinned(PROXY_CPU, [nginx, "-c", str(conf), "-p", str(work)]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_http(port, "/health/readiness")
     time.sleep(0.3)
     return Target("nginx", port, proc, idle_rss_kib=status_kib(proc.pid, "VmRSS"))
 
 
-def wrk(port: int, path: str, body: dict[str, object], connections: int, seconds: float, work: Path) -> dict[str, int]:
+def wrk(
+    port: int, path: str, body: dict[str, object], connections: int, seconds: float, work: Path
+) -> dict[str, int]:
     body_file = work / "body.json"
     body_file.write_text(json.dumps(body))
     env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_AUTH": KEY}
     out = subprocess.run(
-        pinned(LOAD_CPU, ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
-                          "-s", str(HERE / "report.lua"), f"http://127.0.0.1:{port}{path}"]),
-        capture_output=True, text=True, env=env, check=True,
+        pinned(
+            LOAD_CPU,
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{max(1, round(seconds))}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(HERE / "report.lua"),
+                f"http://127.0.0.1:{port}{path}",
+            ],
+        ),
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     ).stdout
     line = next(x for x in out.splitlines() if x.startswith("BENCH "))
-    return dict(json.loads(line[len("BENCH "):]))
+    return dict(json.loads(line[len("BENCH ") :]))
 
 
 def measure(target: Target, scenario: str, seconds: float, work: Path, upstream: Target) -> Result:
@@ -259,9 +306,25 @@ def hold_streams(target: Target, streams: int, hold: float, work: Path) -> Resul
     cpu_before = cpu_seconds(pid) if pid else 0.0
     started = time.perf_counter()
     proc = subprocess.Popen(
-        pinned(LOAD_CPU, [sys.executable, "-m", "tests.bench.holder", "--port", str(target.port),
-                          "--streams", str(streams), "--hold", str(hold), "--auth", KEY]),
-        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        pinned(
+            LOAD_CPU,
+            [
+                sys.executable,
+                "-m",
+                "tests.bench.holder",
+                "--port",
+                str(target.port),
+                "--streams",
+                str(streams),
+                "--hold",
+                str(hold),
+                "--auth",
+                KEY,
+            ],
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
     assert proc.stdout is not None
     opened_line = proc.stdout.readline().split()
@@ -274,11 +337,18 @@ def hold_streams(target: Target, streams: int, hold: float, work: Path) -> Resul
     per_stream = (rss_open - rss_before) / max(opened, 1)
     return Result(
         rps=completed / (time.perf_counter() - started),
-        p50_ms=0, p90_ms=0, p99_ms=0,
+        p50_ms=0,
+        p90_ms=0,
+        p99_ms=0,
         cpu_us=(cpu_seconds(pid) - cpu_before) / max(completed, 1) * 1e6 if pid else None,
         peak_mib=rss_open / 1024 if pid else None,
         errors=streams - completed,
-        extra={"opened": opened, "completed": completed, "kib_per_stream": per_stream, "open_s": open_s},
+        extra={
+            "opened": opened,
+            "completed": completed,
+            "kib_per_stream": per_stream,
+            "open_s": open_s,
+        },
     )
 
 
@@ -300,7 +370,9 @@ def table(results: dict[str, dict[str, Result]], targets: list[Target]) -> str:
                 added = r.p50_ms - by_target["direct"].p50_ms
                 added_nginx = nginx.p50_ms - by_target["direct"].p50_ms if nginx else None
                 ratio = f"+{added:.3f} ms p50" + (
-                    f" ({added / added_nginx:.2f}× nginx's)" if added_nginx and name != "nginx" else ""
+                    f" ({added / added_nginx:.2f}× nginx's)"
+                    if added_nginx and name != "nginx"
+                    else ""
                 )
             if scenario == "streams":
                 x = r.extra
@@ -327,11 +399,15 @@ def machine() -> str:
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
-    return f"{os.cpu_count()} × {cpu}, Linux {platform.release()}, Python {platform.python_version()}"
+    return (
+        f"{os.cpu_count()} × {cpu}, Linux {platform.release()}, Python {platform.python_version()}"
+    )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # A proxy holds two descriptors per open stream (client and upstream), so the per-process
@@ -341,11 +417,16 @@ def main() -> int:
     parser.add_argument("--hold", type=float, default=30.0, help="seconds each stream is held open")
     parser.add_argument("--only", default="chat,stream,embeddings,latency,streams")
     parser.add_argument("--targets", default="direct,nginx,sidecar")
-    parser.add_argument("--separate-writes", action="store_true", help="upstream writes each SSE event on its own")
+    parser.add_argument(
+        "--separate-writes", action="store_true", help="upstream writes each SSE event on its own"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench-results.md"))
     args = parser.parse_args()
     if shutil.which("wrk") is None:
-        print("bench: wrk is not installed; install it with: sudo apt-get install wrk", file=sys.stderr)
+        print(
+            "bench: wrk is not installed; install it with: sudo apt-get install wrk",
+            file=sys.stderr,
+        )
         return 2
     if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
         print("bench: needs taskset (util-linux) and 2 CPUs", file=sys.stderr)
@@ -375,9 +456,13 @@ def main() -> int:
                 for target in targets:
                     if scenario == "streams":
                         if target.is_proxy:
-                            results[scenario][target.name] = hold_streams(target, args.streams, args.hold, work)
+                            results[scenario][target.name] = hold_streams(
+                                target, args.streams, args.hold, work
+                            )
                     else:
-                        results[scenario][target.name] = measure(target, scenario, args.duration, work, upstream)
+                        results[scenario][target.name] = measure(
+                            target, scenario, args.duration, work, upstream
+                        )
                     print(f"bench: {scenario} via {target.name}: done", file=sys.stderr)
         finally:
             for t in [*targets, upstream]:
@@ -392,7 +477,8 @@ def main() -> int:
     report = [
         f"Machine: {machine()}. Proxy pinned to CPU {PROXY_CPU}; upstream and load (wrk {args.duration:.0f} s, 1 thread) on CPU {LOAD_CPU}.",
         f"Command: `make bench` (python -m tests.bench.run --duration {args.duration:g} --streams {args.streams} --hold {args.hold:g}"
-        + (" --separate-writes" if args.separate_writes else "") + ").",
+        + (" --separate-writes" if args.separate_writes else "")
+        + ").",
         "",
         table(results, targets),
         "",
@@ -403,7 +489,9 @@ def main() -> int:
             f"idle RSS {(sidecar.idle_rss_kib or 0) / 1024:.1f} MiB."
         )
     if nginx_t is not None:
-        report.append(f"nginx: idle RSS {(nginx_t.idle_rss_kib or 0) / 1024:.1f} MiB (master and worker).")
+        report.append(
+            f"nginx: idle RSS {(nginx_t.idle_rss_kib or 0) / 1024:.1f} MiB (master and worker)."
+        )
     text = "\n".join(report) + "\n"
     print(text)
     Path(args.out).write_text(text)

@@ -29,8 +29,7 @@ _STREAM = re.compile(rb'"stream"\s*:\s*true')
 
 def _response(status: str, content_type: str, body: bytes) -> bytes:
     head = (
-        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
     return head + body
 
@@ -51,7 +50,10 @@ CHAT = _response(
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "The quick brown fox jumps over the lazy dog. " * 4},
+                    "message": {
+                        "role": "assistant",
+                        "content": "The quick brown fox jumps over the lazy dog. " * 4,
+                    },
                     "logprobs": None,
                     "finish_reason": "stop",
                 }
@@ -94,7 +96,9 @@ STREAM_EVENTS = [
                 "object": "chat.completion.chunk",
                 "created": 1700000000,
                 "model": "bench-model",
-                "choices": [{"index": 0, "delta": {"content": f"token{i} "}, "finish_reason": None}],
+                "choices": [
+                    {"index": 0, "delta": {"content": f"token{i} "}, "finish_reason": None}
+                ],
             }
         )
         + b"\n\n"
