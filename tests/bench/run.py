@@ -11,6 +11,7 @@ request, its peak RSS and the errors, then prints a markdown table and writes it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -112,10 +113,8 @@ def status_kib(pid: int, field_name: str) -> int:
 
 def reset_peak(pid: int) -> None:
     for p in tree(pid):
-        try:
+        with contextlib.suppress(OSError):
             Path(f"/proc/{p}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        except OSError:
-            pass
 
 
 @dataclass
@@ -190,7 +189,7 @@ general_settings:
             ],
         ),
         stdout=subprocess.DEVNULL,
-        stderr=open(work / "sidecar.log", "wb"),
+        stderr=subprocess.DEVNULL,
     )
     wait_http(port, "/health/readiness")
     target = Target("sidecar", port, proc, start_s=time.perf_counter() - started)
@@ -409,7 +408,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # A proxy holds two descriptors per open stream (client and upstream), so the per-process
     # descriptor limit caps how many streams any proxy here can hold.
     default_streams = min(10_000, (hard - 200) // 2)
