@@ -59,11 +59,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if workers < 1:
         print("sidecar: --workers must be at least 1", file=sys.stderr)
         return 2
+    if not 0 <= port <= 65535:
+        print("sidecar: --port must be 0..65535", file=sys.stderr)
+        return 2
     from sidecar import server  # imported late: --check and --version stay quick
 
     if workers == 1:
-        server.run(config, host, port)
+        try:
+            server.run(config, host, port)
+        except OSError as exc:
+            print(
+                f"sidecar: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr
+            )
+            return 1
         return 0
     from sidecar.workers import supervise
 
-    return supervise(workers, lambda: server.run(config, host, port, reuse_port=True))
+    return supervise(
+        workers, config, lambda table: server.run(table, host, port, reuse_port=True, worker=True)
+    )

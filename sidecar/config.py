@@ -89,12 +89,17 @@ _ROUTER_KEYS: dict[str, tuple[type | tuple[type, ...], ...]] = {
     "retry_after": (int, float),
     "enable_pre_call_checks": (bool,),
 }
+# LiteLLM's strategy names; all but the default are accepted and, for now, served by it.
 ROUTING_STRATEGIES = (
     "simple-shuffle",
     "least-busy",
     "latency-based-routing",
     "usage-based-routing",
+    "usage-based-routing-v2",
+    "cost-based-routing",
 )
+# Settings that load but do not act yet: each is named in a warning at load time.
+_NOT_YET = "parsed, but not acted on by this version"
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +161,8 @@ def _read(path: Path) -> Any:
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         return yaml.load(text, Loader=loader)
     except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError("", f"not valid {suffix[1:].upper()}: {exc}") from None
+        detail = " ".join(str(exc).split())  # one line: the parsers' messages span several
+        raise ConfigError("", f"not valid {suffix[1:].upper()}: {detail}") from None
 
 
 def parse(raw: Any, name: str, environ: Mapping[str, str]) -> Config:
@@ -173,9 +179,14 @@ def parse(raw: Any, name: str, environ: Mapping[str, str]) -> Config:
 
     env_vars = _mapping(raw.get("environment_variables"), "environment_variables")
     # As in LiteLLM, environment_variables are set before anything is read from the environment.
+    # An entry without a value (LiteLLM's own examples have `REDIS_PASSWORD:`) sets nothing.
     env = {
         **environ,
-        **{str(k): _env_value(v, f"environment_variables.{k}") for k, v in env_vars.items()},
+        **{
+            str(k): _env_value(v, f"environment_variables.{k}")
+            for k, v in env_vars.items()
+            if v is not None
+        },
     }
 
     router = _router_settings(_mapping(raw.get("router_settings"), "router_settings"), warnings)
@@ -184,7 +195,7 @@ def parse(raw: Any, name: str, environ: Mapping[str, str]) -> Config:
     for key, value in general.items():
         if key == "master_key":
             if value is not None:
-                master_key = _string(
+                master_key = _secret(
                     _resolve(value, env, "general_settings.master_key"),
                     "general_settings.master_key",
                 )
@@ -200,6 +211,14 @@ def parse(raw: Any, name: str, environ: Mapping[str, str]) -> Config:
     deployments = tuple(
         _deployment(entry, i, env, router.timeout, warnings) for i, entry in enumerate(entries)
     )
+    seen: dict[str, int] = {}
+    for i, d in enumerate(deployments):
+        if d.id in seen:
+            raise ConfigError(
+                f"model_list[{i}].model_info.id",
+                f"'{d.id}' is already the id of model_list[{seen[d.id]}]",
+            )
+        seen[d.id] = i
     return Config(name, deployments, master_key, router, server, tuple(warnings))
 
 
@@ -214,13 +233,19 @@ def _deployment(
         raise ConfigError(f"{where}.model_name", "must be a non-empty string")
     if group.count("*") > 1:
         raise ConfigError(f"{where}.model_name", "may hold at most one '*'")
+    known = ("model_name", "litellm_params", "model_info", "rpm", "tpm")
     for key in entry:
-        if key not in ("model_name", "litellm_params", "model_info"):
-            raise ConfigError(
-                f"{where}.{key}", "unknown key (known: model_name, litellm_params, model_info)"
-            )
+        if key not in known:
+            raise ConfigError(f"{where}.{key}", f"unknown key (known: {', '.join(known)})")
     info = _mapping(entry.get("model_info"), f"{where}.model_info")
-    params = _params(entry.get("litellm_params"), f"{where}.litellm_params", env, warnings)
+    litellm_params = entry.get("litellm_params")
+    if isinstance(litellm_params, dict):
+        # LiteLLM's Router also takes rpm/tpm beside litellm_params; inside wins.
+        litellm_params = {
+            **{k: entry[k] for k in ("rpm", "tpm") if k in entry},
+            **litellm_params,
+        }
+    params = _params(litellm_params, f"{where}.litellm_params", env, warnings)
     if params.model.count("*") > 1 or ("*" in params.model and "*" not in group):
         raise ConfigError(
             f"{where}.litellm_params.model",
@@ -285,8 +310,12 @@ def _params(raw: Any, where: str, env: Mapping[str, str], warnings: list[str]) -
             raise ConfigError(
                 path, "unknown key: neither a LiteLLM setting nor an OpenAI request parameter"
             )
-    for key, value in fields.pop("extra_body", {}).items():
-        defaults.setdefault(str(key), value)
+    extra_body = {str(k): v for k, v in fields.pop("extra_body", {}).items()}
+    if "api_key" in fields:
+        fields["api_key"] = _secret(fields["api_key"], f"{where}.api_key")
+    for key in ("stream_timeout", "rpm", "tpm", "weight", "max_retries", "num_retries"):
+        if key in fields:
+            warnings.append(f"{where}.{key}: {_NOT_YET}")
     extra_headers = fields.pop("extra_headers", {})
     for name, value in extra_headers.items():
         if not isinstance(value, str) or not _is_token(str(name)) or "\r" in value or "\n" in value:
@@ -310,6 +339,7 @@ def _params(raw: Any, where: str, env: Mapping[str, str], warnings: list[str]) -
         model=upstream,
         extra_headers={str(k): v for k, v in extra_headers.items()},
         defaults=defaults,
+        extra_body=extra_body,
         **fields,
     )
 
@@ -334,6 +364,11 @@ def _router_settings(raw: Mapping[str, Any], warnings: list[str]) -> RouterSetti
             "router_settings.routing_strategy",
             f"unknown strategy '{strategy}' (known: {', '.join(ROUTING_STRATEGIES)})",
         )
+    if strategy != "simple-shuffle":
+        warnings.append(f"router_settings.routing_strategy: {_NOT_YET}; simple-shuffle serves")
+    for key in values:
+        if key not in ("routing_strategy", "timeout"):
+            warnings.append(f"router_settings.{key}: {_NOT_YET}")
     for key in ("timeout", "stream_timeout", "cooldown_time"):
         if key in values:
             values[key] = _seconds(values[key], f"router_settings.{key}")
@@ -399,10 +434,14 @@ def _mapping(value: Any, where: str) -> Mapping[str, Any]:
     return value
 
 
-def _string(value: Any, where: str) -> str:
+def _secret(value: Any, where: str) -> str:
+    """A key, without the surrounding white space a file-mounted Secret tends to end with."""
     if not isinstance(value, str):
         raise ConfigError(where, f"must be a string, not {type(value).__name__}")
-    return value
+    key: str = value.strip()
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        raise ConfigError(where, "must not contain control characters")
+    return key
 
 
 def _env_value(value: Any, where: str) -> str:

@@ -50,6 +50,7 @@ class Params:
     supports_system_message: bool | None = None
     extra_headers: Mapping[str, str] = field(default_factory=dict)
     defaults: Mapping[str, Any] = field(default_factory=dict)  # OpenAI request parameters
+    extra_body: Mapping[str, Any] = field(default_factory=dict)  # sent as given, on every call
 
 
 @dataclass(frozen=True, slots=True)

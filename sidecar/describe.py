@@ -18,8 +18,7 @@ def describe(config: Config) -> str:
         if d.mock_response is not None:
             target = "mock_response"
         else:
-            # Credentials written into api_base (user:password@) are not shown.
-            target = " ".join(str(d.urls[e].with_user(None)) for e in Endpoint if e in d.urls)
+            target = " ".join(str(d.urls[e]) for e in Endpoint if e in d.urls)
         auth = next(
             (v for k, v in d.headers.items() if k.lower() in ("authorization", "api-key")), None
         )

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import orjson
 from aiohttp import web
 
+from sidecar.headers import DEPLOYMENT_HEADER
 from sidecar.upstream import UpstreamError
 
 INVALID_REQUEST = "invalid_request_error"
@@ -105,12 +106,14 @@ def too_large(limit: int) -> GatewayError:
 
 def upstream_failure(exc: UpstreamError, deployment: str) -> GatewayError:
     """A failure reaching the upstream or reading its reply, before any byte went to the client."""
+    named = {DEPLOYMENT_HEADER: deployment}
     if exc.kind == "timeout":
         return GatewayError(
             504,
             f"Upstream '{deployment}' did not answer in time.",
             UPSTREAM,
             "upstream_timeout",
+            headers=named,
         )
     reason = {
         "connect": "connection refused or unreachable",
@@ -122,6 +125,25 @@ def upstream_failure(exc: UpstreamError, deployment: str) -> GatewayError:
         f"Upstream '{deployment}' could not be reached: {reason}.",
         UPSTREAM,
         "upstream_unreachable",
+        headers=named,
+    )
+
+
+ERROR_SNIPPET = 300  # characters of a non-JSON upstream error shown to the client
+
+
+def upstream_not_json(status: int, body: bytes, deployment: str) -> GatewayError:
+    """An upstream error that is not JSON (an HTML page from a load balancer, a plain-text
+    message), turned into the OpenAI shape that clients parse, with the same status."""
+    text = " ".join(body[: ERROR_SNIPPET * 4].decode("utf-8", "replace").split())
+    if len(text) > ERROR_SNIPPET:
+        text = text[:ERROR_SNIPPET] + "..."
+    return GatewayError(
+        status,
+        f"Upstream '{deployment}' answered {status}" + (f": {text}" if text else "."),
+        UPSTREAM,
+        "upstream_error",
+        headers={DEPLOYMENT_HEADER: deployment},
     )
 
 

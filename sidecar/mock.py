@@ -36,7 +36,14 @@ def _prompt_text(body: dict[str, Any], endpoint: Endpoint) -> str:
                 parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
         return " ".join(parts)
     prompt = body.get("prompt", "")
-    return prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
+    if isinstance(prompt, str):
+        return prompt
+    # A list of prompts, or of tokens: count each token as a word-sized piece.
+    return (
+        " ".join(p if isinstance(p, str) else "abcd" for p in prompt)
+        if isinstance(prompt, list)
+        else ""
+    )
 
 
 def _choices(body: dict[str, Any]) -> int:

@@ -18,11 +18,19 @@ from sidecar import errors
 from sidecar.headers import STREAM_HEADERS, reply_headers
 from sidecar.upstream import Exchange, UpstreamError
 
+ERROR_BODY_LIMIT = 64 * 1024  # bytes of a non-JSON error reply read to quote from it
+
 
 async def relay(request: BaseRequest, exchange: Exchange, deployment_id: str) -> web.StreamResponse:
     """Send the upstream's reply to the client. Ends `exchange` in every case."""
     headers, content_type = reply_headers(exchange.headers, deployment_id)
     try:
+        if exchange.status >= 400 and not _is_json(content_type):
+            try:
+                body = await exchange.read_all(ERROR_BODY_LIMIT)
+            except UpstreamError as exc:
+                raise errors.upstream_failure(exc, deployment_id) from None
+            raise errors.upstream_not_json(exchange.status, body, deployment_id)
         if exchange.length is not None and not content_type.startswith("text/event-stream"):
             try:
                 body = await exchange.read_all()
@@ -46,6 +54,11 @@ async def relay(request: BaseRequest, exchange: Exchange, deployment_id: str) ->
         return out
     finally:
         exchange.close()
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip()
+    return media == "application/json" or media.endswith("+json")
 
 
 async def send_events(

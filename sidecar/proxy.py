@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 
 from sidecar import auth, errors, mock, pipe
@@ -18,7 +19,7 @@ from sidecar.config import Config
 from sidecar.deployment import Deployment
 from sidecar.headers import DEPLOYMENT_HEADER, client_headers
 from sidecar.metrics import UNKNOWN, Metrics
-from sidecar.routes import MODEL_ENDPOINTS, Endpoint, RouteError, match
+from sidecar.routes import MODEL_ENDPOINTS, Endpoint, RouteError, match, model_id
 from sidecar.table import Table, pick
 from sidecar.upstream import Pool, UpstreamError
 
@@ -37,6 +38,8 @@ class State:
     table: Table
     key_digest: bytes | None
     models_body: bytes
+    created: int
+    owners: dict[str, str]  # model group -> the provider of its first deployment
 
     @classmethod
     def of(cls, config: Config) -> State:
@@ -51,7 +54,16 @@ class State:
             ],
         }
         key = auth.digest(config.master_key) if config.master_key is not None else None
-        return cls(config, table, key, orjson.dumps(models))
+        return cls(config, table, key, orjson.dumps(models), created, owners)
+
+    def model_object(self, model: str) -> bytes | None:
+        found = self.table.lookup(model)
+        if found is None:
+            return None
+        owner = self.owners[found.group.name]
+        return orjson.dumps(
+            {"id": model, "object": "model", "created": self.created, "owned_by": owner}
+        )
 
 
 @dataclass(slots=True)
@@ -89,10 +101,10 @@ class Gateway:
             return response
         except errors.GatewayError as exc:
             status = exc.status
-            return exc.response()
+            return _failure(request, exc)
         except web.HTTPRequestEntityTooLarge:
             status = 413
-            return errors.too_large(self.state.config.server.max_request_bytes).response()
+            return _failure(request, errors.too_large(self.state.config.server.max_request_bytes))
         except (asyncio.CancelledError, ConnectionResetError) as exc:
             # The client went away (499 is nginx's code for it); nobody is left to answer.
             status = CLIENT_GONE
@@ -101,7 +113,7 @@ class Gateway:
             return web.Response(status=CLIENT_GONE)
         except Exception:
             log.exception("unhandled error serving %s %s", request.method, request.path)
-            return errors.internal().response()
+            return _failure(request, errors.internal())
         finally:
             self.metrics.in_flight -= 1
             self.metrics.done(endpoint.name.lower(), outcome.model, outcome.deployment, status)
@@ -118,6 +130,14 @@ class Gateway:
             if not auth.allowed(request.headers, state.key_digest):
                 raise errors.unauthorized()
             return web.Response(body=state.models_body, content_type="application/json")
+        if endpoint is Endpoint.MODEL:
+            if not auth.allowed(request.headers, state.key_digest):
+                raise errors.unauthorized()
+            name = model_id(request.path)
+            found = state.model_object(name)
+            if found is None:
+                raise errors.model_not_found(name)
+            return web.Response(body=found, content_type="application/json")
         if endpoint is Endpoint.LIVELINESS:
             return web.Response(body=_LIVE, content_type="application/json")
         if endpoint is Endpoint.READINESS:
@@ -134,7 +154,16 @@ class Gateway:
         limit = state.config.server.max_request_bytes
         if limit and request.content_length is not None and request.content_length > limit:
             raise errors.too_large(limit)  # before reading a byte of it
-        body = requests.parse(await request.read(), endpoint)
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            _continue(request)
+        try:
+            raw = await request.read()
+        except HttpProcessingError:
+            # Broken chunked framing or a short body; the exception's text may quote the bytes.
+            raise errors.bad_request(
+                "The request body could not be read: malformed framing.", code="malformed_request"
+            ) from None
+        body = requests.parse(raw, endpoint)
         model: str = body["model"]
         found = state.table.lookup(model)
         if found is None:
@@ -162,10 +191,30 @@ class Gateway:
         try:
             exchange = await self.pool.request(deployment.origin, data, deployment.timeout)
         except UpstreamError as exc:
-            failure = errors.upstream_failure(exc, deployment.id)
-            self.metrics.upstream_error(deployment.id, failure.code or "")
-            raise failure from None
-        return await pipe.relay(request, exchange, deployment.id)
+            self.metrics.upstream_error(deployment.id, exc.kind)
+            raise errors.upstream_failure(exc, deployment.id) from None
+        try:
+            return await pipe.relay(request, exchange, deployment.id)
+        finally:
+            if exchange.error is not None:
+                self.metrics.upstream_error(deployment.id, "mid_reply")
+
+
+def _continue(request: BaseRequest) -> None:
+    """Answer `Expect: 100-continue` (RFC 9110 10.1.1): the client waits for it before sending a
+    large body. Reached only once the declared length passed the size check."""
+    transport = request.transport
+    if transport is not None and request.version >= (1, 1):
+        transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+def _failure(request: BaseRequest, failure: errors.GatewayError) -> web.StreamResponse:
+    """The error reply, or, when a reply has already begun, the end of the connection: a second
+    status line inside a started body would corrupt it, so the client sees a cut reply instead."""
+    if request.writer.output_size > 0:
+        pipe.abort(request)
+        return web.Response(status=failure.status)  # never sent: the connection is closing
+    return failure.response()
 
 
 async def _mock(

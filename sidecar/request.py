@@ -36,9 +36,33 @@ def parse(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
         messages = body.get("messages")
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise errors.bad_request("'messages' must be a list of message objects.", "messages")
+    elif endpoint is Endpoint.COMPLETIONS:
+        if not _is_prompt(body.get("prompt")):
+            raise errors.bad_request(
+                "'prompt' must be a string, a list of strings, or tokens (a list of integers, "
+                "or a list of such lists).",
+                "prompt",
+            )
     elif endpoint is Endpoint.EMBEDDINGS and "input" not in body:
         raise errors.bad_request("You must provide an input parameter.", "input")
     return body
+
+
+def _is_prompt(prompt: Any) -> bool:
+    if isinstance(prompt, str):
+        return True
+    if not isinstance(prompt, list) or not prompt:
+        return False
+    first = prompt[0]
+    if isinstance(first, str):
+        return all(isinstance(p, str) for p in prompt)
+    if isinstance(first, list):
+        return all(isinstance(p, list) and p and _tokens(p) for p in prompt)
+    return _tokens(prompt)
+
+
+def _tokens(items: list[Any]) -> bool:
+    return all(isinstance(t, int) and not isinstance(t, bool) for t in items)
 
 
 def upstream_body(body: dict[str, Any], model: str, defaults: Mapping[str, Any]) -> bytes:

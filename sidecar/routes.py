@@ -13,6 +13,7 @@ class Endpoint(enum.Enum):
     COMPLETIONS = "/completions"
     EMBEDDINGS = "/embeddings"
     MODELS = "/models"
+    MODEL = "/models/{id}"
     LIVELINESS = "/health/liveliness"
     READINESS = "/health/readiness"
     METRICS = "/metrics"
@@ -67,13 +68,25 @@ def _build() -> dict[str, Route]:
 
 
 ROUTES: dict[str, Route] = _build()
+# GET /v1/models/{id}: the one route with a parameter; ids may hold '/' (openai/gpt-4o).
+MODEL_PREFIXES = ("/v1/models/", "/models/")
+_MODEL_ROUTE = Route(Endpoint.MODEL, frozenset({"GET"}))
+
+
+def model_id(path: str) -> str:
+    """The {id} of a GET /v1/models/{id} path."""
+    prefix = MODEL_PREFIXES[0] if path.startswith(MODEL_PREFIXES[0]) else MODEL_PREFIXES[1]
+    return path[len(prefix) :]
 
 
 def match(method: str, path: str) -> Endpoint:
     """The endpoint for a request line, or RouteError. HEAD is served where GET is (RFC 9110 9.3.2)."""
     route = ROUTES.get(path)
     if route is None:
-        raise RouteError(404, method, path)
+        if path.startswith(MODEL_PREFIXES) and not path.endswith("/"):
+            route = _MODEL_ROUTE
+        else:
+            raise RouteError(404, method, path)
     if method in route.methods or (method == "HEAD" and "GET" in route.methods):
         return route.endpoint
     raise RouteError(405, method, path, route.methods)

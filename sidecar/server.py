@@ -14,8 +14,10 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 
 from sidecar import config as configs
+from sidecar import errors
 from sidecar.config import Config
 from sidecar.deployment import ConfigError
 from sidecar.metrics import Metrics
@@ -27,6 +29,45 @@ log = logging.getLogger("sidecar")
 KEEPALIVE_TIMEOUT = (
     75.0  # seconds an idle client connection stays open; above common LB idle limits
 )
+
+
+class _Handler(RequestHandler):
+    """aiohttp's connection handler, with its answer to unparsable requests made ours.
+
+    aiohttp logs a parse error with a traceback whose message can quote the offending bytes (a
+    client's Authorization line among them) and echoes it in a text/plain body. Here the log
+    line says only what happened, and the client gets an OpenAI-shaped error.
+    """
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> StreamResponse:
+        log.warning(
+            "rejected a malformed request from %s: %d %s",
+            request.remote,
+            status,
+            type(exc).__name__,
+        )
+        if request.writer.output_size > 0:
+            raise ConnectionError("the reply had started; the connection is dropped")
+        if status == 400:
+            failure = errors.bad_request("Malformed HTTP request.", code="malformed_request")
+        elif status == 413:
+            failure = errors.too_large(request.client_max_size)
+        else:
+            failure = errors.internal()
+        response = failure.response()
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _Handler(self, loop=self._loop, **self._kwargs)
 
 
 @dataclass
@@ -60,7 +101,7 @@ async def start(config: Config, host: str, port: int, *, reuse_port: bool = Fals
 
     # handler_cancellation: when a client disconnects, its handler is cancelled, which closes the
     # upstream request at once instead of letting it run to the end for nobody.
-    server = web.Server(
+    server = _Server(
         gateway.handle,
         request_factory=make_request,
         handler_cancellation=True,
@@ -94,8 +135,11 @@ def reload(running: Running, path: str) -> bool:
     return True
 
 
-async def serve(config: Config, host: str, port: int, *, reuse_port: bool = False) -> None:
-    """Serve until SIGTERM or SIGINT, then drain; SIGHUP reloads the file."""
+async def serve(
+    config: Config, host: str, port: int, *, reuse_port: bool = False, worker: bool = False
+) -> None:
+    """Serve until SIGTERM or SIGINT, then drain; SIGHUP reloads the file. A worker of a
+    supervisor leaves SIGINT to it."""
     running = await start(config, host, port, reuse_port=reuse_port)
     log.info(
         "sidecar listening on %s:%d with %d deployments",
@@ -105,14 +149,15 @@ async def serve(config: Config, host: str, port: int, *, reuse_port: bool = Fals
     )
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stopping.set)
-    loop.add_signal_handler(signal.SIGINT, stopping.set)
+    stops = (signal.SIGTERM,) if worker else (signal.SIGTERM, signal.SIGINT)
+    for sig in stops:
+        loop.add_signal_handler(sig, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, reload, running, config.path)
     await stopping.wait()
     log.info("draining (up to %.0fs)", config.server.drain_timeout)
     # A second signal while draining exits at once.
-    loop.add_signal_handler(signal.SIGTERM, _exit_now)
-    loop.add_signal_handler(signal.SIGINT, _exit_now)
+    for sig in stops:
+        loop.add_signal_handler(sig, _exit_now)
     await running.stop()
     log.info("stopped")
 
@@ -121,7 +166,9 @@ def _exit_now() -> None:
     os._exit(1)
 
 
-def run(config: Config, host: str, port: int, *, reuse_port: bool = False) -> None:
+def run(
+    config: Config, host: str, port: int, *, reuse_port: bool = False, worker: bool = False
+) -> None:
     """The blocking entry point of one worker process, on uvloop when it is installed."""
     try:
         import uvloop
@@ -130,4 +177,4 @@ def run(config: Config, host: str, port: int, *, reuse_port: bool = False) -> No
     else:
         runner_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=runner_factory) as runner:
-        runner.run(serve(config, host, port, reuse_port=reuse_port))
+        runner.run(serve(config, host, port, reuse_port=reuse_port, worker=worker))

@@ -22,8 +22,8 @@ class Group:
 
     def wildcard(self, model: str) -> str | None:
         """The part of `model` this pattern's '*' matched, or None when it does not match."""
-        if len(model) < len(self.prefix) + len(self.suffix):
-            return None
+        if len(model) <= len(self.prefix) + len(self.suffix):
+            return None  # the '*' stands for at least one character
         if model.startswith(self.prefix) and model.endswith(self.suffix):
             return model[len(self.prefix) : len(model) - len(self.suffix)]
         return None

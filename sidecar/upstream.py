@@ -224,11 +224,18 @@ class Exchange:
                 raise self._error
             await self._wait()
 
-    async def read_all(self) -> bytes:
-        """The whole body (for replies with a known length)."""
+    @property
+    def error(self) -> UpstreamError | None:
+        """What broke the exchange, if anything did."""
+        return self._error
+
+    async def read_all(self, limit: int | None = None) -> bytes:
+        """The whole body (for replies with a known length), or its first `limit` bytes."""
         while not self.ended:
             if self._error is not None:
                 raise self._error
+            if limit is not None and self._buffered >= limit:
+                break
             await self._wait()
         chunks = self._chunks
         if len(chunks) == 1:

@@ -1,7 +1,9 @@
 """--workers N: N processes share the port (SO_REUSEPORT); the kernel spreads connections.
 
-The supervisor forks the workers after the table is validated, forwards SIGTERM, SIGINT and
-SIGHUP to them, and replaces a worker that dies while it is not shutting down.
+The supervisor forks the workers after the table is validated. SIGTERM and SIGINT become a
+SIGTERM to every worker (each drains, then exits); SIGHUP is checked against the file here and
+forwarded, so that a worker started later serves the same table as the ones reloaded. A worker
+that dies is replaced, unless it dies right after its start, which means it cannot serve at all.
 """
 
 from __future__ import annotations
@@ -13,59 +15,87 @@ import signal
 import time
 from collections.abc import Callable
 
+from sidecar import config as configs
+from sidecar.config import Config
+from sidecar.deployment import ConfigError
+
 log = logging.getLogger("sidecar")
 
 RESPAWN_PAUSE = 0.5  # seconds between replacing workers, so a crash loop does not spin a core
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+START_GRACE = 5.0  # seconds: a worker that exits with an error sooner cannot start (a signal
+# that kills it is another matter: it is replaced)
 
 
-def supervise(count: int, worker: Callable[[], None]) -> int:
-    """Run `worker` in `count` child processes until a shutdown signal; return the exit code."""
-    children: set[int] = set()
+def supervise(count: int, config: Config, run: Callable[[Config], None]) -> int:
+    """Run `run(config)` in `count` child processes until a shutdown signal; the exit code."""
+    children: dict[int, float] = {}  # pid -> when it started
     stopping = False
+    current = config
+    code = 0
 
     def spawn() -> None:
         pid = os.fork()
         if pid == 0:
-            for sig in FORWARDED:
-                signal.signal(sig, signal.SIG_DFL)
-            code = 0
+            # The supervisor turns a terminal's SIGINT into one SIGTERM per worker; a worker
+            # that also took the SIGINT sent to the whole process group would see two.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
+            status = 0
             try:
-                worker()
+                run(current)
+            except OSError as exc:
+                log.error("worker %d cannot serve: %s", os.getpid(), exc.strerror or exc)
+                status = 1
             except BaseException:
-                log.exception("worker failed")
-                code = 1
+                log.exception("worker %d failed", os.getpid())
+                status = 1
             finally:
-                os._exit(code)
-        children.add(pid)
+                os._exit(status)
+        children[pid] = time.monotonic()
 
-    def forward(sig: int, _frame: object) -> None:
-        nonlocal stopping
-        if sig != signal.SIGHUP:
-            stopping = True
-        for pid in children:
+    def forward(sig: int) -> None:
+        for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
 
-    for sig in FORWARDED:
-        signal.signal(sig, forward)
+    def on_signal(sig: int, _frame: object) -> None:
+        nonlocal stopping, current
+        if sig == signal.SIGHUP:
+            try:
+                current = configs.load(current.path)
+            except ConfigError as exc:
+                log.error("reload refused, keeping the current table: %s", exc)
+                return
+            forward(signal.SIGHUP)
+            return
+        stopping = True
+        forward(signal.SIGTERM)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     for _ in range(count):
         spawn()
-    worst = 0
     while children:
         try:
             pid, status = os.wait()
         except ChildProcessError:
             break
-        except InterruptedError:
+        started = children.pop(pid, None)
+        if started is None:
             continue
-        children.discard(pid)
-        code = os.waitstatus_to_exitcode(status)
+        exit_code = os.waitstatus_to_exitcode(status)
         if stopping:
-            worst = max(worst, code if code > 0 else 0)
+            code = max(code, exit_code if exit_code > 0 else 0)
             continue
-        log.error("worker %d exited with %d; starting another", pid, code)
+        if exit_code > 0 and time.monotonic() - started < START_GRACE:
+            log.error("worker %d failed at start (exit %d); stopping", pid, exit_code)
+            stopping = True
+            code = 1
+            forward(signal.SIGTERM)
+            continue
+        log.error("worker %d exited with %d; starting another", pid, exit_code)
         time.sleep(RESPAWN_PAUSE)
         if not stopping:
             spawn()
-    return worst
+    return code

@@ -63,15 +63,19 @@ def test_check_never_prints_a_key(tmp_path: Path) -> None:
     path = tmp_path / "keys.yaml"
     path.write_text(
         "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/a\n"
-        "      api_base: http://user:pw-secret@x/v1\n      api_key: os.environ/UP_KEY\n"
+        "      api_base: http://x/v1\n      api_key: os.environ/UP_KEY\n"
         "general_settings:\n  master_key: sk-master-secret\n"
     )
     done = sidecar("--check", env={"SIDECAR_CONFIG": str(path), "UP_KEY": "sk-up-secret"})
     assert done.returncode == 0, done.stderr
     out = done.stdout + done.stderr
-    for secret in ("sk-up-secret", "sk-master-secret", "pw-secret"):
+    for secret in ("sk-up-secret", "sk-master-secret"):
         assert secret not in out
     assert "sha256:" in out
+    path.write_text(path.read_text().replace("http://x/v1", "http://user:pw-secret@x/v1"))
+    done = sidecar("--check", env={"SIDECAR_CONFIG": str(path), "UP_KEY": "sk-up-secret"})
+    assert done.returncode == 1
+    assert "must not carry credentials" in done.stderr and "pw-secret" not in done.stderr
 
 
 def test_no_config_is_a_clear_error() -> None:
@@ -236,3 +240,145 @@ def worker_pids(parent: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
                 found.append(int(entry.name))
     return sorted(found)
+
+
+def spawn(config: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "--config", str(config), "--port", str(port), *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float = 10) -> tuple[int, str]:
+    try:
+        proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.stderr is not None
+    log = proc.stderr.read().decode()
+    proc.stderr.close()
+    return proc.returncode, log
+
+
+async def test_malformed_http_gets_json_and_leaves_no_key_in_the_log(
+    served: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    proc, port = served
+    await wait_ready(port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer sk-master-SECRET-9999\x01\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    reply = await asyncio.wait_for(reader.read(), START_LIMIT)
+    writer.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith((b"HTTP/1.1 400", b"HTTP/1.0 400"))  # unparsed: aiohttp answers 1.0
+    assert b"application/json" in head
+    assert b'"code":"malformed_request"' in body
+    assert b"SECRET" not in reply
+    await ask_demo(port)  # and it keeps serving
+    proc.send_signal(signal.SIGTERM)
+    code, log = await asyncio.to_thread(finish, proc)
+    assert code == 0
+    assert "SECRET" not in log
+    assert "rejected a malformed request" in log
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    with socket_bound() as port:
+        for extra in ((), ("--workers", "2")):
+            proc = spawn(EXAMPLES[0], port, *extra)
+            code, log = finish(proc, 15)
+            assert code == 1, log
+            assert "address already in use" in log.lower()
+            assert "Traceback" not in log
+
+
+def test_port_out_of_range() -> None:
+    done = sidecar("--config", str(EXAMPLES[0]), "--port", "99999")
+    assert done.returncode == 2
+    assert "--port must be 0..65535" in done.stderr
+
+
+async def test_sigint_to_the_process_group_drains_workers_and_exits_0(tmp_path: Path) -> None:
+    port = free_port()
+    log_path = tmp_path / "log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sidecar",
+                "--config",
+                str(EXAMPLES[0]),
+                "--port",
+                str(port),
+                "--workers",
+                "3",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            start_new_session=True,
+        )
+    try:
+        await eventually(lambda: _count(log_path, "listening"), 3)
+        await ask_demo(port)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert log_path.read_text().count("stopped") == 3
+
+
+async def _count(path: Path, word: str) -> int:
+    return path.read_text().count(word)
+
+
+async def test_a_replaced_worker_serves_the_reloaded_table(tmp_path: Path) -> None:
+    path = tmp_path / "table.yaml"
+    entry = "  - model_name: {0}\n    litellm_params: {{model: openai/{0}, mock_response: hi}}\n"
+    path.write_text("model_list:\n" + entry.format("old-table"))
+    port = free_port()
+    proc = spawn(path, port, "--workers", "2")
+    try:
+        await wait_ready(port)
+        path.write_text("model_list:\n" + entry.format("new-table"))
+        proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        victim = worker_pids(proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+
+        async def replaced() -> bool:
+            now = worker_pids(proc.pid)
+            return len(now) == 2 and victim not in now
+
+        await eventually(replaced, True)
+        await wait_ready(port)
+        for _ in range(12):  # new connections each time: both workers answer some
+            assert await models(port) == ["new-table"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code, _ = await asyncio.to_thread(finish, proc)
+    assert code == 0
+
+
+class socket_bound:
+    """A port held by a listening socket of this process."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        return int(self.sock.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()

@@ -230,3 +230,34 @@ def test_environment_variables_section(tmp_path: Path) -> None:
     )
     (d,) = load(tmp_path, text, env={}).deployments
     assert d.headers["Authorization"] == "Bearer from-file"
+
+
+def test_litellm_router_style_entries_load(tmp_path: Path) -> None:
+    text = """
+model_list:
+  - model_name: m
+    litellm_params: {model: hosted_vllm/x, api_base: "http://v/v1", api_key: os.environ/K}
+    rpm: 60
+    tpm: 1000
+environment_variables:
+  REDIS_PASSWORD:
+router_settings:
+  routing_strategy: usage-based-routing-v2
+  num_retries: 2
+"""
+    config = load(tmp_path, text, env={"K": "  sk-with-newline\n"})
+    (d,) = config.deployments
+    assert d.rpm == 60 and d.tpm == 1000
+    assert d.headers["Authorization"] == "Bearer sk-with-newline"  # a Secret file's newline goes
+    said = "\n".join(config.warnings)
+    for name in ("routing_strategy", "num_retries", "rpm", "tpm"):
+        assert name in said
+
+
+def test_duplicate_ids_and_control_characters(tmp_path: Path) -> None:
+    entry = "  - model_name: m\n    litellm_params: {model: hosted_vllm/x, api_base: 'http://v/v1'}\n    model_info: {id: a}\n"
+    with pytest.raises(ConfigError, match="already the id of model_list"):
+        load(tmp_path, "model_list:\n" + entry + entry)
+    bad_key = BASE + "      model: openai/x\n      api_key: os.environ/K\n"
+    with pytest.raises(ConfigError, match="control characters"):
+        load(tmp_path, bad_key, env={"K": "sk-a\rInjected: 1"})

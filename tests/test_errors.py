@@ -274,3 +274,111 @@ async def test_health(
     async with http.get(sidecar.url + "/health/readiness") as r:
         assert r.status == 503
         assert_error_shape(await r.read())
+
+
+async def test_non_json_upstream_error_becomes_openai_shaped(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    async def html(request: web.Request, got: Received) -> web.Response:
+        return web.Response(
+            status=502,
+            text="<html><body>\n<h1>502 Bad Gateway</h1></body></html>",
+            content_type="text/html",
+        )
+
+    upstream.scripts["/v1/chat/completions"] = html
+    sidecar = await make_sidecar(vllm(upstream))
+    async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT) as r:
+        assert r.status == 502
+        assert r.content_type == "application/json"
+        assert r.headers["x-sidecar-deployment"] == "hosted_vllm/mistralai/Mistral-7B#0"
+        error = assert_error_shape(await r.read())
+    assert error["code"] == "upstream_error"
+    assert "502 Bad Gateway" in str(error["message"]) and "\n" not in str(error["message"])
+
+
+async def test_unreachable_names_the_deployment(
+    make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    sidecar = await make_sidecar(
+        f"model_list:\n  - model_name: m\n    litellm_params:\n      model: hosted_vllm/x\n"
+        f"      api_base: http://127.0.0.1:{free_port()}/v1\n    model_info: {{id: vllm-down}}\n"
+    )
+    async with http.post(sidecar.url + "/v1/chat/completions", json={**CHAT, "model": "m"}) as r:
+        assert r.status == 502
+        assert r.headers["x-sidecar-deployment"] == "vllm-down"
+    async with http.get(sidecar.url + "/metrics") as r:
+        assert (
+            'sidecar_upstream_errors_total{deployment="vllm-down",kind="connect"} 1'
+            in await r.text()
+        )
+
+
+async def test_cut_stream_counts_as_an_upstream_error(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    async def dies(request: web.Request, got: Received) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: {}\n\n")
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    upstream.scripts["/v1/chat/completions"] = dies
+    sidecar = await make_sidecar(vllm(upstream))
+    async with http.post(sidecar.url + "/v1/chat/completions", json={**CHAT, "stream": True}) as r:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+    async with http.get(sidecar.url + "/metrics") as r:
+        assert 'kind="mid_reply"} 1' in await r.text()
+
+
+@pytest.mark.parametrize(
+    "prompt", [5, None, [], [1, "a"], [[1], "a"], [[]], True, {"text": "a"}], ids=repr
+)
+async def test_bad_prompt_is_400(
+    prompt: object, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    sidecar = await make_sidecar(
+        "model_list:\n  - model_name: demo\n    litellm_params:\n"
+        "      model: openai/demo\n      mock_response: hi\n"
+    )
+    body = {
+        "model": "demo",
+        "prompt": prompt,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with http.post(sidecar.url + "/v1/completions", json=body) as r:
+        assert r.status == 400
+        assert assert_error_shape(await r.read())["param"] == "prompt"
+    for good in ("a", ["a", "b"], [1, 2], [[1, 2], [3]]):
+        async with http.post(sidecar.url + "/v1/completions", json={**body, "prompt": good}) as r:
+            assert r.status == 200
+            await r.read()
+
+
+async def test_expect_100_continue(upstream: FakeUpstream, make_sidecar: MakeSidecar) -> None:
+    sidecar = await make_sidecar(vllm(upstream) + "sidecar_settings:\n  max_request_bytes: 1000\n")
+    port = sidecar.running.port
+    body = orjson.dumps(CHAT)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    assert (
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    )
+    writer.write(body)
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)).startswith(b"HTTP/1.1 200")
+    writer.close()
+    # Over the limit: 413 at once, without asking for the body.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"Content-Length: 5000\r\n\r\n"
+    )
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)).startswith(b"HTTP/1.1 413")
+    writer.close()

@@ -172,3 +172,32 @@ async def test_upstream_connections_are_kept_alive(
         )
     # One pooled connection served all five calls: the upstream saw one client port.
     assert len({got.peer for got in upstream.received}) == 1
+
+
+async def test_retrieve_one_model(upstream: FakeUpstream, make_sidecar: MakeSidecar) -> None:
+    sidecar = await make_sidecar(
+        vllm(upstream) + "  - model_name: 'openai/*'\n    litellm_params:\n"
+        f"      model: 'hosted_vllm/*'\n      api_base: {upstream.base}\n"
+    )
+    client = sidecar.openai()
+    model = await client.models.retrieve("mistral")
+    assert (model.id, model.owned_by) == ("mistral", "hosted_vllm")
+    assert (await client.models.retrieve("openai/gpt-4o")).id == "openai/gpt-4o"
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("nope")
+
+
+async def test_extra_body_reaches_every_endpoint_as_given(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(
+        vllm(upstream) + "      extra_body: {priority: 5, truncate_prompt_tokens: 100}\n"
+    )
+    client = sidecar.openai()
+    await client.chat.completions.create(
+        model="mistral", messages=[{"role": "user", "content": "a"}]
+    )
+    assert upstream.last.json()["priority"] == 5
+    await client.embeddings.create(model="mistral", input="x", extra_body={"priority": 1})
+    assert upstream.last.json()["truncate_prompt_tokens"] == 100
+    assert upstream.last.json()["priority"] == 1  # the client's own value wins

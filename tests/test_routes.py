@@ -74,8 +74,9 @@ def test_no_pattern_no_match() -> None:
     t = table(("a", "hosted_vllm/a"), ("openai/*", "hosted_vllm/*"))
     assert t.lookup("b") is None
     assert t.lookup("openai") is None
-    found = t.lookup("openai/")
-    assert found is not None and found.wildcard == ""
+    assert t.lookup("openai/") is None  # a '*' stands for at least one character
+    found = t.lookup("openai/x")
+    assert found is not None and found.wildcard == "x"
 
 
 def test_pick_spreads_over_a_group() -> None:

@@ -84,8 +84,12 @@ def build(
             endpoint: request_head("POST", url.raw_path_qs, origin.authority, headers)
             for endpoint, url in urls.items()
         }
+    # Known parameters reach only the endpoints that take them; extra_body reaches all, as is.
     defaults = {
-        endpoint: {k: v for k, v in params.defaults.items() if k in accepted}
+        endpoint: {
+            **params.extra_body,
+            **{k: v for k, v in params.defaults.items() if k in accepted},
+        }
         for endpoint, accepted in BY_ENDPOINT.items()
     }
     timeout = params.timeout if params.timeout is not None else default_timeout

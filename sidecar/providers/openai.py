@@ -28,6 +28,11 @@ def endpoint_urls(api_base: str, endpoints: Iterable[Endpoint], where: str) -> d
         raise ConfigError(f"{where}.api_base", "must be an http:// or https:// URL with a host")
     if base.query_string or base.fragment:
         raise ConfigError(f"{where}.api_base", "must not carry a query or a fragment")
+    if base.user is not None or base.password is not None:
+        raise ConfigError(
+            f"{where}.api_base",
+            "must not carry credentials (user:password@): use api_key or extra_headers",
+        )
     return {e: URL(str(base) + e.value, encoded=True) for e in endpoints}
 
 
