@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 from aiohttp import web
@@ -86,12 +87,15 @@ class Gateway:
         self.state = State.of(config)
 
     async def handle(self, request: BaseRequest) -> web.StreamResponse:
+        # The raw path: routes are plain ASCII, and decoding it into a URL object per request
+        # costs more than the rest of routing.
+        path = request.raw_path.partition("?")[0]
         try:
-            endpoint = match(request.method, request.path)
+            endpoint = match(request.method, path)
         except RouteError as exc:
             if exc.status == 405:
-                return errors.method_not_allowed(request.method, request.path, exc.allow).response()
-            return errors.unknown_path(request.method, request.path).response()
+                return errors.method_not_allowed(request.method, path, exc.allow).response()
+            return errors.unknown_path(request.method, path).response()
         outcome = Outcome()
         status = 500
         self.metrics.in_flight += 1
@@ -133,7 +137,7 @@ class Gateway:
         if endpoint is Endpoint.MODEL:
             if not auth.allowed(request.headers, state.key_digest):
                 raise errors.unauthorized()
-            name = model_id(request.path)
+            name = unquote(model_id(request.raw_path.partition("?")[0]))
             found = state.model_object(name)
             if found is None:
                 raise errors.model_not_found(name)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import resource
 import signal
 from dataclasses import dataclass
 
@@ -162,6 +164,15 @@ async def serve(
     log.info("stopped")
 
 
+def raise_fd_limit() -> None:
+    """Every open stream holds two descriptors (client and upstream): take all the kernel
+    allows this process, as nginx's worker_rlimit_nofile does, instead of the shell's 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _exit_now() -> None:
     os._exit(1)
 
@@ -170,6 +181,7 @@ def run(
     config: Config, host: str, port: int, *, reuse_port: bool = False, worker: bool = False
 ) -> None:
     """The blocking entry point of one worker process, on uvloop when it is installed."""
+    raise_fd_limit()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency where it builds

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from sidecar.http1 import Headers, ProtocolError, ResponseParser
 
 KEEPALIVE_SECONDS = 60.0  # an idle pooled connection is closed after this
+WATCH_INTERVAL = 0.1  # seconds between checks for silent upstreams: timeouts fire this late at most
 MAX_IDLE_PER_ORIGIN = 256  # idle connections kept per upstream; more are closed when released
 HIGH_WATER = 256 * 1024  # buffered reply bytes that pause reading from the upstream
 LOW_WATER = 64 * 1024  # ... and resume it
@@ -99,7 +100,6 @@ class Exchange:
     __slots__ = (
         "_buffered",
         "_chunks",
-        "_deadline_handle",
         "_error",
         "_last_read",
         "_loop",
@@ -117,7 +117,7 @@ class Exchange:
     def __init__(self, conn: Connection, timeout: float) -> None:
         self.conn = conn
         self.timeout = timeout  # seconds of silence allowed, before the head and between chunks
-        self._loop = asyncio.get_running_loop()
+        self._loop = conn.pool.loop
         self._parser = ResponseParser(self._on_head, self._on_body, self._on_end)
         self.status = 0
         self.headers: Headers = []
@@ -129,9 +129,7 @@ class Exchange:
         self.ended = False
         self.got_bytes = False
         self._last_read = self._loop.time()
-        self._deadline_handle: asyncio.TimerHandle | None = self._loop.call_at(
-            self._last_read + timeout, self._check_deadline
-        )
+        conn.pool.watch(self)
 
     # Protocol side.
 
@@ -189,21 +187,16 @@ class Exchange:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _check_deadline(self) -> None:
-        # One timer per exchange, re-armed only when it fires: reads just note the time.
-        now = self._loop.time()
-        due = self._last_read + self.timeout
-        if now >= due:
-            self._deadline_handle = None
-            self._fail(UpstreamError("timeout", f"no reply for {self.timeout:g}s"))
-            self.conn.close()
-        else:
-            self._deadline_handle = self._loop.call_at(due, self._check_deadline)
+    def silent_for(self, now: float) -> float:
+        return now - self._last_read
+
+    def expire(self) -> None:
+        """Called by the pool's watch when the upstream has been silent too long."""
+        self._fail(UpstreamError("timeout", f"no reply for {self.timeout:g}s"))
+        self.conn.close()
 
     def _cancel_deadline(self) -> None:
-        if self._deadline_handle is not None:
-            self._deadline_handle.cancel()
-            self._deadline_handle = None
+        self.conn.pool.active.discard(self)
 
     async def _wait(self) -> None:
         waiter = self._loop.create_future()
@@ -275,8 +268,15 @@ class Pool:
     """Idle keep-alive connections per origin, most recently used first."""
 
     def __init__(self, connect_timeout: float = 10.0) -> None:
+        # Kept rather than asked for per request: asyncio.get_running_loop() costs a getpid()
+        # system call on every call (its fork check).
+        self.loop = asyncio.get_running_loop()
         self.connect_timeout = connect_timeout
         self.idle: dict[Origin, list[Connection]] = {}
+        # Exchanges waiting on their upstream. One periodic check for all of them costs less
+        # than a timer armed and cancelled per request; reads only note the time.
+        self.active: set[Exchange] = set()
+        self._watcher: asyncio.TimerHandle | None = None
         self._tls = ssl.create_default_context()
         self._sweeper: asyncio.TimerHandle | None = None
         self.closed = False
@@ -306,6 +306,17 @@ class Pool:
                 raise
             return exchange
 
+    def watch(self, exchange: Exchange) -> None:
+        self.active.add(exchange)
+        if self._watcher is None:
+            self._watcher = self.loop.call_later(WATCH_INTERVAL, self._watch)
+
+    def _watch(self) -> None:
+        now = self.loop.time()
+        for exchange in [e for e in self.active if e.silent_for(now) >= e.timeout]:
+            exchange.expire()
+        self._watcher = self.loop.call_later(WATCH_INTERVAL, self._watch) if self.active else None
+
     def _take(self, origin: Origin) -> Connection | None:
         idle = self.idle.get(origin)
         while idle:
@@ -315,7 +326,7 @@ class Pool:
         return None
 
     async def _connect(self, origin: Origin, timeout: float) -> Connection:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         try:
             async with asyncio.timeout(min(self.connect_timeout, timeout)):
                 _, conn = await loop.create_connection(
@@ -339,7 +350,7 @@ class Pool:
         if len(idle) >= MAX_IDLE_PER_ORIGIN:
             conn.close()
             return
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         conn.idle_since = loop.time()
         idle.append(conn)
         if self._sweeper is None:
@@ -352,7 +363,7 @@ class Pool:
 
     def _sweep(self) -> None:
         self._sweeper = None
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         cutoff = loop.time() - KEEPALIVE_SECONDS
         for idle in list(self.idle.values()):
             for conn in [c for c in idle if c.idle_since < cutoff]:
@@ -364,6 +375,8 @@ class Pool:
         self.closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
         for idle in list(self.idle.values()):
             for conn in list(idle):
                 conn.close()
