@@ -39,7 +39,7 @@ async def relay(request: BaseRequest, exchange: Exchange, deployment_id: str) ->
             return web.Response(status=exchange.status, body=body, headers=headers)
         if content_type.startswith("text/event-stream"):
             headers.update(STREAM_HEADERS)
-        out = web.StreamResponse(status=exchange.status, headers=headers)
+        out = _Stream(status=exchange.status, headers=headers)
         await out.prepare(request)
         while True:
             try:
@@ -49,11 +49,22 @@ async def relay(request: BaseRequest, exchange: Exchange, deployment_id: str) ->
                 return out
             if not chunk:
                 break
+            if exchange.ended:
+                # The last bytes and the end of the chunked body leave in one write.
+                await out.write_eof(chunk)
+                return out
             await out.write(chunk)
         await out.write_eof()
         return out
     finally:
         exchange.close()
+
+
+class _Stream(web.StreamResponse):
+    """A streamed reply whose head leaves with its first bytes, in one write instead of two.
+    (aiohttp's Response does the same; StreamResponse sends the head on its own by default.)"""
+
+    _send_headers_immediately = False
 
 
 def _is_json(content_type: str) -> bool:
@@ -65,9 +76,7 @@ async def send_events(
     request: BaseRequest, events: Iterable[bytes], headers: dict[str, str]
 ) -> web.StreamResponse:
     """A stream the gateway writes itself (mock replies), framed like an upstream's."""
-    out = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", **STREAM_HEADERS, **headers}
-    )
+    out = _Stream(headers={"Content-Type": "text/event-stream", **STREAM_HEADERS, **headers})
     await out.prepare(request)
     for event in events:
         await out.write(event)

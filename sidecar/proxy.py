@@ -77,13 +77,15 @@ class Outcome:
 
 class Gateway:
     def __init__(self, config: Config, pool: Pool, metrics: Metrics) -> None:
-        self.state = State.of(config)
         self.pool = pool
         self.metrics = metrics
         self.draining = False
+        self.reload(config)
 
     def reload(self, config: Config) -> None:
         """Swap the table; requests already running keep the State they started with."""
+        if any(d.origin is not None and d.origin.tls for d in config.deployments):
+            self.pool.tls_context()  # now, rather than on the first request
         self.state = State.of(config)
 
     async def handle(self, request: BaseRequest) -> web.StreamResponse:

@@ -277,7 +277,7 @@ class Pool:
         # than a timer armed and cancelled per request; reads only note the time.
         self.active: set[Exchange] = set()
         self._watcher: asyncio.TimerHandle | None = None
-        self._tls = ssl.create_default_context()
+        self._tls: ssl.SSLContext | None = None  # made on first need: loading CAs takes ~50 ms
         self._sweeper: asyncio.TimerHandle | None = None
         self.closed = False
 
@@ -306,6 +306,11 @@ class Pool:
                 raise
             return exchange
 
+    def tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
+
     def watch(self, exchange: Exchange) -> None:
         self.active.add(exchange)
         if self._watcher is None:
@@ -333,7 +338,7 @@ class Pool:
                     lambda: Connection(self, origin),
                     origin.host,
                     origin.port,
-                    ssl=self._tls if origin.tls else None,
+                    ssl=self.tls_context() if origin.tls else None,
                     server_hostname=origin.host if origin.tls else None,
                 )
         except TimeoutError:
