@@ -188,10 +188,10 @@ class Gateway:
                 "unsupported_endpoint",
             )
         payload = requests.upstream_body(body, upstream_model, deployment.defaults[endpoint])
-        data = b"%s%sContent-Length: %d\r\n\r\n%s" % (
+        data = (
             head,
             client_headers(request.headers),
-            len(payload),
+            b"Content-Length: %d\r\n\r\n" % len(payload),
             payload,
         )
         try:

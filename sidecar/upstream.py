@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sidecar.http1 import Headers, ProtocolError, ResponseParser
@@ -281,8 +282,11 @@ class Pool:
         self._sweeper: asyncio.TimerHandle | None = None
         self.closed = False
 
-    async def request(self, origin: Origin, data: bytes, timeout: float) -> Exchange:
-        """Send one request (head and body, already serialised); return its Exchange once the
+    async def request(
+        self, origin: Origin, data: Sequence[bytes], timeout: float
+    ) -> Exchange:
+        """Send one request (its pieces: head lines and body, written as one without joining
+        them first); return its Exchange once the
         reply head has arrived. A stale pooled connection that the upstream closed before any
         byte of the reply is replaced once, transparently: the upstream never saw the request."""
         while True:
@@ -293,7 +297,7 @@ class Pool:
             exchange = Exchange(conn, timeout)
             conn.exchange = exchange
             assert conn.transport is not None
-            conn.transport.write(data)
+            conn.transport.writelines(data)
             try:
                 await exchange.head()
             except UpstreamError as exc:
