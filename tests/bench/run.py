@@ -419,7 +419,7 @@ def main() -> int:
     parser.add_argument(
         "--separate-writes", action="store_true", help="upstream writes each SSE event on its own"
     )
-    parser.add_argument("--out", default=str(ROOT / "bench-results.md"))
+    parser.add_argument("--out", default=str(HERE / "results.md"))
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print(
