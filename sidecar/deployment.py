@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +11,11 @@ from yarl import URL
 
 from sidecar.routes import Endpoint
 from sidecar.upstream import Origin
+
+WILDCARD_IN_PATH = b"%2A"  # a '*' as it stands, percent-encoded, in a path built from a pattern
+# What a name filled into a URL path may hold: Azure's rule for deployment names, and nothing
+# that could end the segment or the path ('/', '?', '#', '%', '..' alone, spaces, CR/LF).
+_PATH_NAME = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9._-]{1,64}")
 
 
 class ConfigError(Exception):
@@ -67,11 +73,25 @@ class Deployment:
     timeout: float  # seconds of upstream silence allowed: before the reply, and between chunks
     origin: Origin | None = None  # where its connections go; None for mock deployments
     heads: Mapping[Endpoint, bytes] = field(default_factory=dict)  # request heads, per endpoint
+    # Where a wildcard's match goes into a head (Azure deployment names live in the path).
+    model_slots: Mapping[Endpoint, int] = field(default_factory=dict)
+    chat_over_text: bool = False  # chat is served by the upstream's /completions, translated
     mock_response: str | None = None
     supports_system_message: bool = True
     rpm: int | None = None
     tpm: int | None = None
     weight: float | None = None
+
+    def head(self, endpoint: Endpoint, model: str) -> bytes | None:
+        """The request head for an endpoint, with the model in its path where it goes there;
+        ValueError for a name that cannot stand in a path."""
+        head = self.heads.get(endpoint)
+        slot = self.model_slots.get(endpoint)
+        if head is None or slot is None:
+            return head
+        if not _PATH_NAME.fullmatch(model):
+            raise ValueError(model)
+        return head[:slot] + model.encode() + head[slot + len(WILDCARD_IN_PATH) :]
 
     def upstream_model(self, wildcard: str | None) -> str:
         if wildcard is None or "*" not in self.model:

@@ -14,15 +14,23 @@ from collections.abc import Iterable
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from sidecar import errors
+from sidecar import errors, sse
 from sidecar.headers import STREAM_HEADERS, reply_headers
+from sidecar.providers.translate import TextToChat, TextToChatStream
+from sidecar.sse import SSEError
 from sidecar.upstream import Exchange, UpstreamError
 
 ERROR_BODY_LIMIT = 64 * 1024  # bytes of a non-JSON error reply read to quote from it
 
 
-async def relay(request: BaseRequest, exchange: Exchange, deployment_id: str) -> web.StreamResponse:
-    """Send the upstream's reply to the client. Ends `exchange` in every case."""
+async def relay(
+    request: BaseRequest,
+    exchange: Exchange,
+    deployment_id: str,
+    translation: TextToChat | None = None,
+) -> web.StreamResponse:
+    """Send the upstream's reply to the client, through `translation` when there is one (error
+    replies never are). Ends `exchange` in every case."""
     headers, content_type = reply_headers(exchange.headers, deployment_id)
     try:
         if exchange.status >= 400 and not _is_json(content_type):
@@ -31,22 +39,32 @@ async def relay(request: BaseRequest, exchange: Exchange, deployment_id: str) ->
             except UpstreamError as exc:
                 raise errors.upstream_failure(exc, deployment_id) from None
             raise errors.upstream_not_json(exchange.status, body, deployment_id)
-        if exchange.length is not None and not content_type.startswith("text/event-stream"):
+        if exchange.status >= 400:
+            translation = None
+        is_sse = content_type.startswith("text/event-stream")
+        if not is_sse and (exchange.length is not None or translation is not None):
             try:
                 body = await exchange.read_all()
             except UpstreamError as exc:
                 raise errors.upstream_failure(exc, deployment_id) from None
+            if translation is not None:
+                body = translation.reply(body)
             return web.Response(status=exchange.status, body=body, headers=headers)
-        if content_type.startswith("text/event-stream"):
+        if is_sse:
             headers.update(STREAM_HEADERS)
+        events = _Translated(translation.stream()) if translation and is_sse else None
         out = _Stream(status=exchange.status, headers=headers)
         await out.prepare(request)
         while True:
             try:
                 chunk = await exchange.next_chunk()
-            except UpstreamError:
+                if events is not None:
+                    chunk = events.feed(chunk)
+            except (UpstreamError, SSEError):
                 abort(request)
                 return out
+            if not chunk and not exchange.ended:
+                continue  # bytes that completed no event yet
             if not chunk:
                 break
             if exchange.ended:
@@ -58,6 +76,19 @@ async def relay(request: BaseRequest, exchange: Exchange, deployment_id: str) ->
         return out
     finally:
         exchange.close()
+
+
+class _Translated:
+    """Upstream SSE bytes in, translated SSE bytes out, whatever the reads' boundaries."""
+
+    __slots__ = ("parser", "stream")
+
+    def __init__(self, stream: TextToChatStream) -> None:
+        self.parser = sse.Parser()
+        self.stream = stream
+
+    def feed(self, chunk: bytes) -> bytes:
+        return b"".join(sse.encode(self.stream.event(data)) for data in self.parser.feed(chunk))
 
 
 class _Stream(web.StreamResponse):

@@ -20,6 +20,7 @@ from sidecar.config import Config
 from sidecar.deployment import Deployment
 from sidecar.headers import DEPLOYMENT_HEADER, client_headers
 from sidecar.metrics import UNKNOWN, Metrics
+from sidecar.providers import translate
 from sidecar.routes import MODEL_ENDPOINTS, Endpoint, RouteError, match, model_id
 from sidecar.table import Table, pick
 from sidecar.upstream import Pool, UpstreamError
@@ -27,6 +28,7 @@ from sidecar.upstream import Pool, UpstreamError
 log = logging.getLogger("sidecar")
 
 CLIENT_GONE = 499
+TEXT_TO_CHAT = translate.TextToChat()
 _LIVE = orjson.dumps({"status": "ok"})
 _READY = orjson.dumps({"status": "ready"})
 
@@ -180,14 +182,31 @@ class Gateway:
         upstream_model = deployment.upstream_model(found.wildcard)
         if deployment.mock_response is not None:
             return await _mock(request, endpoint, body, deployment, upstream_model)
-        head = deployment.heads.get(endpoint)
+        try:
+            head = deployment.head(endpoint, upstream_model)
+        except ValueError:
+            raise errors.bad_request(
+                f"The model name '{model}' cannot name a deployment of this upstream: use letters, "
+                "digits, '.', '-' and '_'.",
+                "model",
+                "invalid_model_name",
+            ) from None
         if head is None or deployment.origin is None:
             raise errors.bad_request(
                 f"The model '{model}' does not serve {endpoint.value}.",
                 "model",
                 "unsupported_endpoint",
             )
-        payload = requests.upstream_body(body, upstream_model, deployment.defaults[endpoint])
+        translation = None
+        defaults = deployment.defaults[endpoint]
+        if endpoint is Endpoint.CHAT:
+            if not deployment.supports_system_message:
+                body = {**body, "messages": translate.fold_system_messages(body["messages"])}
+            if deployment.chat_over_text:
+                body = translate.chat_to_text_request(body)
+                defaults = deployment.defaults[Endpoint.COMPLETIONS]
+                translation = TEXT_TO_CHAT
+        payload = requests.upstream_body(body, upstream_model, defaults)
         data = (
             head,
             client_headers(request.headers),
@@ -200,7 +219,7 @@ class Gateway:
             self.metrics.upstream_error(deployment.id, exc.kind)
             raise errors.upstream_failure(exc, deployment.id) from None
         try:
-            return await pipe.relay(request, exchange, deployment.id)
+            return await pipe.relay(request, exchange, deployment.id, translation)
         finally:
             if exchange.error is not None:
                 self.metrics.upstream_error(deployment.id, "mid_reply")

@@ -282,9 +282,7 @@ class Pool:
         self._sweeper: asyncio.TimerHandle | None = None
         self.closed = False
 
-    async def request(
-        self, origin: Origin, data: Sequence[bytes], timeout: float
-    ) -> Exchange:
+    async def request(self, origin: Origin, data: Sequence[bytes], timeout: float) -> Exchange:
         """Send one request (its pieces: head lines and body, written as one without joining
         them first); return its Exchange once the
         reply head has arrived. A stale pooled connection that the upstream closed before any

@@ -153,21 +153,28 @@ async def chat(request: web.Request, got: Received) -> web.StreamResponse:
 async def completion(request: web.Request, got: Received) -> web.StreamResponse:
     body = got.json()
     model = body["model"] + REPORTED_SUFFIX
+    n = body.get("n", 1)
     head = {
         "id": "cmpl-fake",
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
     }
+    usage = {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6}
     if body.get("stream"):
         events = [
             b"data: "
             + orjson.dumps(
-                {**head, "choices": [{"text": t, "index": 0, "logprobs": None, "finish_reason": f}]}
+                {**head, "choices": [{"text": t, "index": i, "logprobs": None, "finish_reason": f}]}
             )
             + b"\n\n"
             for t, f in (("Once", None), (" upon", None), (" a time", "length"))
+            for i in range(n)
         ]
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append(
+                b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n"
+            )
         return await sse(request, [*events, b"data: [DONE]\n\n"])
     return web.json_response(
         {
@@ -175,12 +182,13 @@ async def completion(request: web.Request, got: Received) -> web.StreamResponse:
             "choices": [
                 {
                     "text": "Once upon a time",
-                    "index": 0,
+                    "index": i,
                     "logprobs": None,
                     "finish_reason": "length",
                 }
+                for i in range(n)
             ],
-            "usage": {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6},
+            "usage": usage,
         }
     )
 

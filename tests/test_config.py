@@ -118,7 +118,8 @@ model_list:
 def test_text_completion_openai_serves_completions(tmp_path: Path) -> None:
     text = "model_list:\n  - model_name: t\n    litellm_params: {model: text-completion-openai/i, api_key: k}\n"
     (d,) = load(tmp_path, text).deployments
-    assert set(d.urls) == {Endpoint.COMPLETIONS}
+    assert set(d.urls) == {Endpoint.COMPLETIONS, Endpoint.CHAT}  # chat through /completions
+    assert d.urls[Endpoint.CHAT] == d.urls[Endpoint.COMPLETIONS] and d.chat_over_text
 
 
 BASE = "model_list:\n  - model_name: m\n    litellm_params:\n"
@@ -173,7 +174,22 @@ BASE = "model_list:\n  - model_name: m\n    litellm_params:\n"
             "model_list[0].litellm_params.rpm",
             "must be int",
         ),
-        (BASE + "      model: azure/x\n", "model_list[0].litellm_params.model", "not supported"),
+        (
+            BASE + "      model: azure/x\n",
+            "model_list[0].litellm_params.api_base",
+            "AZURE_API_BASE",
+        ),
+        (
+            BASE + "      model: azure/x\n      api_base: https://a.example\n",
+            "model_list[0].litellm_params.api_version",
+            "AZURE_API_VERSION",
+        ),
+        (
+            BASE
+            + "      model: azure/x\n      api_base: https://a.example\n      api_version: v\n",
+            "model_list[0].litellm_params.api_key",
+            "AZURE_API_KEY",
+        ),
         ("model_list: []\n", "model_list", "non-empty"),
         (
             "model_list:\n  - litellm_params: {model: openai/x}\n",

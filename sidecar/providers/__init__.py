@@ -10,10 +10,10 @@ from collections.abc import Mapping
 
 from yarl import URL
 
-from sidecar.deployment import ConfigError, Deployment, Params
+from sidecar.deployment import WILDCARD_IN_PATH, ConfigError, Deployment, Params
 from sidecar.headers import request_head
 from sidecar.params import BY_ENDPOINT
-from sidecar.providers import openai
+from sidecar.providers import azure, openai
 from sidecar.routes import Endpoint
 from sidecar.upstream import Origin
 
@@ -22,9 +22,14 @@ BUILDERS: dict[str, openai.Builder] = {
     "text-completion-openai": openai.build_text_completion_openai,
     "hosted_vllm": openai.build_hosted_vllm,
     "llamafile": openai.build_llamafile,
+    "azure": azure.build_azure,
+    "azure_text": azure.build_azure_text,
 }
-PLANNED = ("azure", "azure_text")
-KNOWN = (*BUILDERS, *PLANNED)
+KNOWN = tuple(BUILDERS)
+# Text-completion upstreams: a chat call is served by their /completions, translated both ways.
+CHAT_OVER_TEXT = frozenset({"text-completion-openai", "azure_text"})
+# Providers whose URL path holds the model name (the rest carry it in the body).
+MODEL_IN_PATH = frozenset({"azure", "azure_text"})
 
 # Names LiteLLM resolves to OpenAI without a prefix ("model: gpt-4o" in its docs' examples).
 _OPENAI_BARE_PREFIXES = ("gpt-", "chatgpt-", "o1", "o3", "o4", "text-embedding-", "ft:gpt-")
@@ -57,10 +62,6 @@ def build(
     where: str,
 ) -> Deployment:
     """Validated params -> a Deployment, or ConfigError naming the key at fault."""
-    if params.provider in PLANNED:
-        raise ConfigError(
-            f"{where}.model", f"provider '{params.provider}' is not supported by this version yet"
-        )
     if params.mock_response is not None:
         urls: Mapping[Endpoint, URL] = {}
         headers: Mapping[str, str] = {}
@@ -74,16 +75,21 @@ def build(
                     else f"extra_headers.{name}"
                 )
                 raise ConfigError(f"{where}.{key}", "must not contain line breaks or NUL")
+        if params.provider in CHAT_OVER_TEXT:
+            urls = {**urls, Endpoint.CHAT: urls[Endpoint.COMPLETIONS]}
     origin = None
     heads: dict[Endpoint, bytes] = {}
+    model_slots: dict[Endpoint, int] = {}
     if urls:
         first = next(iter(urls.values()))
         assert first.host is not None and first.port is not None
         origin = Origin(first.host, first.port, first.scheme == "https")
-        heads = {
-            endpoint: request_head("POST", url.raw_path_qs, origin.authority, headers)
-            for endpoint, url in urls.items()
-        }
+        for endpoint, url in urls.items():
+            head = request_head("POST", url.raw_path_qs, origin.authority, headers)
+            heads[endpoint] = head
+            if params.provider in MODEL_IN_PATH and "*" in params.model:
+                # A wildcard deployment name is filled in per request, at this offset.
+                model_slots[endpoint] = head.index(WILDCARD_IN_PATH)
     # Known parameters reach only the endpoints that take them; extra_body reaches all, as is.
     defaults = {
         endpoint: {
@@ -104,6 +110,8 @@ def build(
         timeout=timeout,
         origin=origin,
         heads=heads,
+        model_slots=model_slots,
+        chat_over_text=params.provider in CHAT_OVER_TEXT,
         mock_response=params.mock_response,
         supports_system_message=params.supports_system_message is not False,
         rpm=params.rpm,

@@ -21,8 +21,8 @@ LLAMAFILE_API_BASE = "http://127.0.0.1:8080/v1"
 ALL_ENDPOINTS = (Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS)
 
 
-def endpoint_urls(api_base: str, endpoints: Iterable[Endpoint], where: str) -> dict[Endpoint, URL]:
-    """api_base + endpoint path, nothing else added (users end api_base with /v1)."""
+def check_base(api_base: str, where: str) -> str:
+    """api_base without its trailing slash, once it is a URL an upstream can be reached at."""
     base = URL(api_base.rstrip("/"))
     if base.scheme not in ("http", "https") or not base.host:
         raise ConfigError(f"{where}.api_base", "must be an http:// or https:// URL with a host")
@@ -33,7 +33,13 @@ def endpoint_urls(api_base: str, endpoints: Iterable[Endpoint], where: str) -> d
             f"{where}.api_base",
             "must not carry credentials (user:password@): use api_key or extra_headers",
         )
-    return {e: URL(str(base) + e.value, encoded=True) for e in endpoints}
+    return str(base)
+
+
+def endpoint_urls(api_base: str, endpoints: Iterable[Endpoint], where: str) -> dict[Endpoint, URL]:
+    """api_base + endpoint path, nothing else added (users end api_base with /v1)."""
+    base = check_base(api_base, where)
+    return {e: URL(base + e.value, encoded=True) for e in endpoints}
 
 
 def bearer_headers(params: Params, key: str | None) -> dict[str, str]:

@@ -1,0 +1,53 @@
+"""Azure OpenAI: azure/ (chat, completions, embeddings) and azure_text/ (completions).
+
+`{api_base}/openai/deployments/{deployment}/{endpoint}?api-version={api_version}` with an
+`api-key` header (Azure's REST reference). The deployment is the part after the prefix; it is
+percent-encoded whole, so no model name can reach into the path, the query or a header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from urllib.parse import quote
+
+from yarl import URL
+
+from sidecar.deployment import ConfigError, Params
+from sidecar.providers.openai import ALL_ENDPOINTS, check_base
+from sidecar.routes import Endpoint
+
+
+def _build(
+    params: Params, env: Mapping[str, str], where: str, endpoints: Iterable[Endpoint]
+) -> tuple[dict[Endpoint, URL], dict[str, str]]:
+    base_text = params.api_base or env.get("AZURE_API_BASE")
+    if not base_text:
+        raise ConfigError(f"{where}.api_base", "azure needs api_base (or AZURE_API_BASE)")
+    base = check_base(base_text, where)
+    version = params.api_version or env.get("AZURE_API_VERSION")
+    if not version:
+        raise ConfigError(f"{where}.api_version", "azure needs api_version (or AZURE_API_VERSION)")
+    key = params.api_key if params.api_key is not None else env.get("AZURE_API_KEY")
+    if not key:
+        raise ConfigError(f"{where}.api_key", "azure needs api_key (or AZURE_API_KEY)")
+    name = quote(params.model, safe="")  # a wildcard's '*' becomes deployment.WILDCARD_IN_PATH
+    query = "api-version=" + quote(version, safe="")
+    urls = {
+        e: URL(f"{base}/openai/deployments/{name}{e.value}?{query}", encoded=True)
+        for e in endpoints
+    }
+    headers = {"api-key": key}
+    headers.update(params.extra_headers)
+    return urls, headers
+
+
+def build_azure(
+    params: Params, env: Mapping[str, str], where: str
+) -> tuple[dict[Endpoint, URL], dict[str, str]]:
+    return _build(params, env, where, ALL_ENDPOINTS)
+
+
+def build_azure_text(
+    params: Params, env: Mapping[str, str], where: str
+) -> tuple[dict[Endpoint, URL], dict[str, str]]:
+    return _build(params, env, where, (Endpoint.COMPLETIONS,))
