@@ -209,7 +209,7 @@ def parse(raw: Any, name: str, environ: Mapping[str, str]) -> Config:
     if not isinstance(entries, list) or not entries:
         raise ConfigError("model_list", "must be a non-empty list of models")
     deployments = tuple(
-        _deployment(entry, i, env, router.timeout, warnings) for i, entry in enumerate(entries)
+        _deployment(entry, i, env, router, warnings) for i, entry in enumerate(entries)
     )
     seen: dict[str, int] = {}
     for i, d in enumerate(deployments):
@@ -223,7 +223,7 @@ def parse(raw: Any, name: str, environ: Mapping[str, str]) -> Config:
 
 
 def _deployment(
-    entry: Any, index: int, env: Mapping[str, str], timeout: float, warnings: list[str]
+    entry: Any, index: int, env: Mapping[str, str], router: RouterSettings, warnings: list[str]
 ) -> Deployment:
     where = f"model_list[{index}]"
     if not isinstance(entry, dict):
@@ -256,7 +256,15 @@ def _deployment(
         entry_id = f"{params.provider}/{params.model}#{index}"
     elif not isinstance(entry_id, str | int) or isinstance(entry_id, bool):
         raise ConfigError(f"{where}.model_info.id", "must be a string")
-    return providers.build(str(entry_id), group, params, env, timeout, f"{where}.litellm_params")
+    return providers.build(
+        str(entry_id),
+        group,
+        params,
+        env,
+        router.timeout,
+        f"{where}.litellm_params",
+        router.stream_timeout,
+    )
 
 
 _PARAM_TYPES: dict[str, tuple[type, ...]] = {
@@ -313,7 +321,7 @@ def _params(raw: Any, where: str, env: Mapping[str, str], warnings: list[str]) -
     extra_body = {str(k): v for k, v in fields.pop("extra_body", {}).items()}
     if "api_key" in fields:
         fields["api_key"] = _secret(fields["api_key"], f"{where}.api_key")
-    for key in ("stream_timeout", "rpm", "tpm", "weight", "max_retries", "num_retries"):
+    for key in ("rpm", "tpm", "weight", "max_retries", "num_retries"):
         if key in fields:
             warnings.append(f"{where}.{key}: {_NOT_YET}")
     extra_headers = fields.pop("extra_headers", {})
@@ -367,7 +375,7 @@ def _router_settings(raw: Mapping[str, Any], warnings: list[str]) -> RouterSetti
     if strategy != "simple-shuffle":
         warnings.append(f"router_settings.routing_strategy: {_NOT_YET}; simple-shuffle serves")
     for key in values:
-        if key not in ("routing_strategy", "timeout"):
+        if key not in ("routing_strategy", "timeout", "stream_timeout"):
             warnings.append(f"router_settings.{key}: {_NOT_YET}")
     for key in ("timeout", "stream_timeout", "cooldown_time"):
         if key in values:

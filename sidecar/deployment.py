@@ -71,6 +71,7 @@ class Deployment:
     headers: Mapping[str, str]  # auth and extra headers, built once at load time
     defaults: Mapping[Endpoint, Mapping[str, Any]]  # request parameters the client may override
     timeout: float  # seconds of upstream silence allowed: before the reply, and between chunks
+    stream_timeout: float | None = None  # seconds of silence allowed once the reply began
     origin: Origin | None = None  # where its connections go; None for mock deployments
     heads: Mapping[Endpoint, bytes] = field(default_factory=dict)  # request heads, per endpoint
     # Where a wildcard's match goes into a head (Azure deployment names live in the path).

@@ -214,7 +214,9 @@ class Gateway:
             payload,
         )
         try:
-            exchange = await self.pool.request(deployment.origin, data, deployment.timeout)
+            exchange = await self.pool.request(
+                deployment.origin, data, deployment.timeout, deployment.stream_timeout
+            )
         except UpstreamError as exc:
             self.metrics.upstream_error(deployment.id, exc.kind)
             raise errors.upstream_failure(exc, deployment.id) from None

@@ -112,12 +112,14 @@ class Exchange:
         "got_bytes",
         "headers",
         "status",
+        "stream_timeout",
         "timeout",
     )
 
-    def __init__(self, conn: Connection, timeout: float) -> None:
+    def __init__(self, conn: Connection, timeout: float, stream_timeout: float | None) -> None:
         self.conn = conn
         self.timeout = timeout  # seconds of silence allowed, before the head and between chunks
+        self.stream_timeout = stream_timeout  # once the head is in, when it differs
         self._loop = conn.pool.loop
         self._parser = ResponseParser(self._on_head, self._on_body, self._on_end)
         self.status = 0
@@ -154,6 +156,8 @@ class Exchange:
     def _on_head(self, status: int, headers: Headers) -> None:
         self.status = status
         self.headers = headers
+        if self.stream_timeout is not None:
+            self.timeout = self.stream_timeout
         self._wake()
 
     def _on_body(self, data: bytes) -> None:
@@ -282,7 +286,13 @@ class Pool:
         self._sweeper: asyncio.TimerHandle | None = None
         self.closed = False
 
-    async def request(self, origin: Origin, data: Sequence[bytes], timeout: float) -> Exchange:
+    async def request(
+        self,
+        origin: Origin,
+        data: Sequence[bytes],
+        timeout: float,
+        stream_timeout: float | None = None,
+    ) -> Exchange:
         """Send one request (its pieces: head lines and body, written as one without joining
         them first); return its Exchange once the
         reply head has arrived. A stale pooled connection that the upstream closed before any
@@ -292,7 +302,7 @@ class Pool:
             fresh = conn is None
             if conn is None:
                 conn = await self._connect(origin, timeout)
-            exchange = Exchange(conn, timeout)
+            exchange = Exchange(conn, timeout, stream_timeout)
             conn.exchange = exchange
             assert conn.transport is not None
             conn.transport.writelines(data)

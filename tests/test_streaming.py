@@ -165,3 +165,25 @@ async def test_slow_stream_keeps_flowing(upstream: FakeUpstream, make_sidecar: M
         model="mistral", messages=[{"role": "user", "content": "hi"}], stream=True
     )
     assert [c.choices[0].delta.content async for c in stream][1:6] == ["a", "b", "c", "d", "e"]
+
+
+async def test_stream_timeout_bounds_silence_between_chunks(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    events = chat_chunks("m", ["one", "two"])
+
+    async def stalls(request: web.Request, got: Received) -> web.StreamResponse:
+        await asyncio.sleep(0.6)  # slow to start: within `timeout`
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(events[0])
+        await asyncio.sleep(LIMIT)  # then silent: beyond `stream_timeout`
+        return response
+
+    upstream.scripts["/v1/chat/completions"] = stalls
+    sidecar = await make_sidecar(vllm(upstream) + "      timeout: 5\n      stream_timeout: 0.3\n")
+    async with http.post(sidecar.url + "/v1/chat/completions", json=STREAM) as r:
+        assert r.status == 200
+        assert await r.content.readuntil(b"\n\n") == events[0]
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(r.read(), LIMIT)  # cut, not a clean end

@@ -60,6 +60,7 @@ def build(
     env: Mapping[str, str],
     default_timeout: float,
     where: str,
+    default_stream_timeout: float | None = None,
 ) -> Deployment:
     """Validated params -> a Deployment, or ConfigError naming the key at fault."""
     if params.mock_response is not None:
@@ -108,6 +109,9 @@ def build(
         headers=headers,
         defaults=defaults,
         timeout=timeout,
+        stream_timeout=(
+            params.stream_timeout if params.stream_timeout is not None else default_stream_timeout
+        ),
         origin=origin,
         heads=heads,
         model_slots=model_slots,
