@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,9 @@ from sidecar.params import REQUEST_PARAMS
 ENV_PREFIX = "os.environ/"
 
 DEFAULT_TIMEOUT = 600.0  # seconds; LiteLLM's default request timeout
+DEFAULT_RETRIES = 2
+DEFAULT_ALLOWED_FAILS = 3
+DEFAULT_COOLDOWN = 5.0  # seconds
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 DEFAULT_DRAIN_TIMEOUT = 30.0
 
@@ -104,15 +107,19 @@ _NOT_YET = "parsed, but not acted on by this version"
 
 @dataclass(frozen=True, slots=True)
 class RouterSettings:
+    """router_settings, LiteLLM's names. Zero retries means one attempt; the defaults retry
+    twice, which hides a lost connection or one bad reply from the client."""
+
     routing_strategy: str = "simple-shuffle"
-    num_retries: int = 0
+    num_retries: int = DEFAULT_RETRIES  # attempts after the first, per model group
     timeout: float = DEFAULT_TIMEOUT  # seconds; per deployment `timeout` wins
-    stream_timeout: float | None = None
-    allowed_fails: int | None = None
-    cooldown_time: float | None = None
-    fallbacks: tuple[Mapping[str, Any], ...] = ()
-    default_fallbacks: tuple[str, ...] = ()
-    enable_pre_call_checks: bool = False
+    stream_timeout: float | None = None  # None: `timeout` applies between chunks too
+    allowed_fails: int = DEFAULT_ALLOWED_FAILS  # failures a minute a deployment may have ...
+    cooldown_time: float = DEFAULT_COOLDOWN  # ... before it is skipped for this many seconds
+    fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # group -> next ones
+    default_fallbacks: tuple[str, ...] = ()  # for every group without its own
+    retry_after: float = 0.0  # seconds waited at least before a retry (LiteLLM's meaning)
+    enable_pre_call_checks: bool = False  # True: rpm/tpm are limits, not only weights
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,9 +328,7 @@ def _params(raw: Any, where: str, env: Mapping[str, str], warnings: list[str]) -
     extra_body = {str(k): v for k, v in fields.pop("extra_body", {}).items()}
     if "api_key" in fields:
         fields["api_key"] = _secret(fields["api_key"], f"{where}.api_key")
-    for key in ("rpm", "tpm", "weight", "max_retries", "num_retries"):
-        if key in fields:
-            warnings.append(f"{where}.{key}: {_NOT_YET}")
+
     extra_headers = fields.pop("extra_headers", {})
     for name, value in extra_headers.items():
         if not isinstance(value, str) or not _is_token(str(name)) or "\r" in value or "\n" in value:
@@ -372,25 +377,53 @@ def _router_settings(raw: Mapping[str, Any], warnings: list[str]) -> RouterSetti
             "router_settings.routing_strategy",
             f"unknown strategy '{strategy}' (known: {', '.join(ROUTING_STRATEGIES)})",
         )
-    if strategy != "simple-shuffle":
+    if strategy in ("usage-based-routing", "usage-based-routing-v2", "cost-based-routing"):
         warnings.append(f"router_settings.routing_strategy: {_NOT_YET}; simple-shuffle serves")
     for key in values:
-        if key not in ("routing_strategy", "timeout", "stream_timeout"):
+        if key in ("context_window_fallbacks", "content_policy_fallbacks"):
             warnings.append(f"router_settings.{key}: {_NOT_YET}")
     for key in ("timeout", "stream_timeout", "cooldown_time"):
         if key in values:
             values[key] = _seconds(values[key], f"router_settings.{key}")
+    for key in ("num_retries", "allowed_fails"):
+        if values.get(key, 0) < 0:
+            raise ConfigError(f"router_settings.{key}", "must not be negative")
+    if values.get("retry_after", 0) < 0:
+        raise ConfigError("router_settings.retry_after", "must not be negative")
     return RouterSettings(
         routing_strategy=strategy,
-        num_retries=values.get("num_retries", 0),
+        num_retries=values.get("num_retries", DEFAULT_RETRIES),
         timeout=values.get("timeout", DEFAULT_TIMEOUT),
         stream_timeout=values.get("stream_timeout"),
-        allowed_fails=values.get("allowed_fails"),
-        cooldown_time=values.get("cooldown_time"),
-        fallbacks=tuple(values.get("fallbacks", ())),
-        default_fallbacks=tuple(values.get("default_fallbacks", ())),
+        allowed_fails=values.get("allowed_fails", DEFAULT_ALLOWED_FAILS),
+        cooldown_time=values.get("cooldown_time", DEFAULT_COOLDOWN),
+        fallbacks=_fallbacks(values.get("fallbacks", [])),
+        default_fallbacks=tuple(
+            _names(values.get("default_fallbacks", []), "router_settings.default_fallbacks")
+        ),
+        retry_after=float(values.get("retry_after", 0.0)),
         enable_pre_call_checks=values.get("enable_pre_call_checks", False),
     )
+
+
+def _fallbacks(raw: list[Any]) -> dict[str, tuple[str, ...]]:
+    """LiteLLM's `[{group: [next, ...]}, ...]` as {group: (next, ...)}."""
+    out: dict[str, tuple[str, ...]] = {}
+    for i, item in enumerate(raw):
+        where = f"router_settings.fallbacks[{i}]"
+        if not isinstance(item, dict) or not item:
+            raise ConfigError(where, "must be a mapping {model_name: [fallback, ...]}")
+        for group, targets in item.items():
+            if isinstance(targets, str):
+                targets = [targets]
+            out[str(group)] = tuple(_names(targets, f"{where}.{group}"))
+    return out
+
+
+def _names(raw: Any, where: str) -> list[str]:
+    if not isinstance(raw, list) or not all(isinstance(n, str) and n for n in raw):
+        raise ConfigError(where, "must be a list of model names")
+    return list(raw)
 
 
 def _server_settings(raw: Mapping[str, Any]) -> ServerSettings:

@@ -82,6 +82,7 @@ class Deployment:
     rpm: int | None = None
     tpm: int | None = None
     weight: float | None = None
+    max_retries: int | None = None  # this deployment's group retries; None: router_settings'
 
     def head(self, endpoint: Endpoint, model: str) -> bytes | None:
         """The request head for an endpoint, with the model in its path where it goes there;

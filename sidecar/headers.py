@@ -27,7 +27,8 @@ HOP_BY_HOP = frozenset(
 _OURS = frozenset({"content-length", "date", "server", "set-cookie"})
 _NOT_RELAYED = HOP_BY_HOP | _OURS
 
-DEPLOYMENT_HEADER = "x-sidecar-deployment"
+DEPLOYMENT_HEADER = "x-sidecar-deployment"  # which deployment served
+ATTEMPTS_HEADER = "x-sidecar-attempts"  # how many upstream calls it took, retries included
 
 # Streams must reach the client as they are written: no cache, and no buffering in an nginx-style
 # ingress in front (X-Accel-Buffering is nginx's per-response switch).
@@ -61,10 +62,10 @@ def client_headers(client: CIMultiDictProxy[str]) -> bytes:
 
 
 def reply_headers(
-    upstream: Iterable[tuple[str, str]], deployment_id: str
+    upstream: Iterable[tuple[str, str]], named: Mapping[str, str]
 ) -> tuple[CIMultiDict[str], str]:
-    """The upstream's end-to-end headers (content type, encoding, rate-limit hints ...), and its
-    content type in lower case."""
+    """The upstream's end-to-end headers (content type, encoding, rate-limit hints ...) with
+    ours (`named`) added, and its content type in lower case."""
     pairs = list(upstream)
     connection_tokens: set[str] = set()
     for name, value in pairs:
@@ -79,5 +80,5 @@ def reply_headers(
         if low == "content-type":
             content_type = value.lower()
         out.add(name, value)
-    out[DEPLOYMENT_HEADER] = deployment_id
+    out.update(named)
     return out, content_type

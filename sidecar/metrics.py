@@ -16,6 +16,18 @@ class Metrics:
         self.requests: defaultdict[tuple[str, str, str, int], int] = defaultdict(int)
         self.in_flight = 0
         self.upstream_errors: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.retries: defaultdict[str, int] = defaultdict(int)
+        self.fallbacks: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.cooldowns: defaultdict[str, int] = defaultdict(int)
+
+    def retry(self, model: str) -> None:
+        self.retries[model] += 1
+
+    def fallback(self, model: str, to: str) -> None:
+        self.fallbacks[(model, to)] += 1
+
+    def cooldown(self, deployment: str) -> None:
+        self.cooldowns[deployment] += 1
 
     def done(self, endpoint: str, model: str, deployment: str, status: int) -> None:
         self.requests[(endpoint, model, deployment, status)] += 1
@@ -44,6 +56,29 @@ class Metrics:
             lines.append(
                 f"sidecar_upstream_errors_total{{{_labels(deployment=deployment, kind=kind)}}} {count}"
             )
+        lines += [
+            "# HELP sidecar_retries_total Upstream calls made again after a failure, by model group.",
+            "# TYPE sidecar_retries_total counter",
+        ]
+        lines += [
+            f"sidecar_retries_total{{{_labels(model=m)}}} {n}" for m, n in self.retries.items()
+        ]
+        lines += [
+            "# HELP sidecar_fallbacks_total Requests passed on to a fallback group.",
+            "# TYPE sidecar_fallbacks_total counter",
+        ]
+        lines += [
+            f"sidecar_fallbacks_total{{{_labels(model=m, to=t)}}} {n}"
+            for (m, t), n in self.fallbacks.items()
+        ]
+        lines += [
+            "# HELP sidecar_cooldowns_total Times a deployment was set aside after repeated failures.",
+            "# TYPE sidecar_cooldowns_total counter",
+        ]
+        lines += [
+            f"sidecar_cooldowns_total{{{_labels(deployment=d)}}} {n}"
+            for d, n in self.cooldowns.items()
+        ]
         return ("\n".join(lines) + "\n").encode()
 
 

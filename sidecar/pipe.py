@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from sidecar import errors, sse
-from sidecar.headers import STREAM_HEADERS, reply_headers
+from sidecar.headers import DEPLOYMENT_HEADER, STREAM_HEADERS, reply_headers
 from sidecar.providers.translate import TextToChat, TextToChatStream
 from sidecar.sse import SSEError
 from sidecar.upstream import Exchange, UpstreamError
@@ -26,12 +26,13 @@ ERROR_BODY_LIMIT = 64 * 1024  # bytes of a non-JSON error reply read to quote fr
 async def relay(
     request: BaseRequest,
     exchange: Exchange,
-    deployment_id: str,
+    named: dict[str, str],
     translation: TextToChat | None = None,
 ) -> web.StreamResponse:
     """Send the upstream's reply to the client, through `translation` when there is one (error
-    replies never are). Ends `exchange` in every case."""
-    headers, content_type = reply_headers(exchange.headers, deployment_id)
+    replies never are), with our `named` headers added. Ends `exchange` in every case."""
+    headers, content_type = reply_headers(exchange.headers, named)
+    deployment_id = named[DEPLOYMENT_HEADER]
     try:
         if exchange.status >= 400 and not _is_json(content_type):
             try:

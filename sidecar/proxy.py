@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
@@ -14,21 +16,24 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 
-from sidecar import auth, errors, mock, pipe
+from sidecar import auth, errors, mock, outbound, pipe
 from sidecar import request as requests
-from sidecar.config import Config
+from sidecar.config import Config, RouterSettings
 from sidecar.deployment import Deployment
-from sidecar.headers import DEPLOYMENT_HEADER, client_headers
+from sidecar.headers import ATTEMPTS_HEADER, DEPLOYMENT_HEADER, client_headers, reply_headers
 from sidecar.metrics import UNKNOWN, Metrics
-from sidecar.providers import translate
+from sidecar.router import RATE_LIMIT as RATE_LIMIT_CAUSE
+from sidecar.router import Blocked, Router
 from sidecar.routes import MODEL_ENDPOINTS, Endpoint, RouteError, match, model_id
-from sidecar.table import Table, pick
-from sidecar.upstream import Pool, UpstreamError
+from sidecar.table import Group, Match, Table
+from sidecar.upstream import Exchange, Pool, UpstreamError
 
 log = logging.getLogger("sidecar")
 
 CLIENT_GONE = 499
-TEXT_TO_CHAT = translate.TextToChat()
+BACKOFF = 0.05  # seconds before the first retry; doubled for each next one, with jitter
+MAX_BACKOFF = 1.0
+MAX_RETRY_AFTER = 2.0  # seconds: an upstream's longer Retry-After is not waited for
 _LIVE = orjson.dumps({"status": "ok"})
 _READY = orjson.dumps({"status": "ready"})
 
@@ -59,6 +64,13 @@ class State:
         key = auth.digest(config.master_key) if config.master_key is not None else None
         return cls(config, table, key, orjson.dumps(models), created, owners)
 
+    def fallbacks(self, group: str) -> list[Match]:
+        """The groups to try, in order, once `group` is exhausted."""
+        router = self.config.router
+        names = router.fallbacks.get(group, router.default_fallbacks)
+        found = (self.table.lookup(name) for name in names if name != group)
+        return [m for m in found if m is not None]
+
     def model_object(self, model: str) -> bytes | None:
         found = self.table.lookup(model)
         if found is None:
@@ -75,6 +87,7 @@ class Outcome:
 
     model: str = UNKNOWN
     deployment: str = ""
+    attempts: int = 0
 
 
 class Gateway:
@@ -82,12 +95,14 @@ class Gateway:
         self.pool = pool
         self.metrics = metrics
         self.draining = False
+        self.router = Router(config.router)
         self.reload(config)
 
     def reload(self, config: Config) -> None:
         """Swap the table; requests already running keep the State they started with."""
         if any(d.origin is not None and d.origin.tls for d in config.deployments):
             self.pool.tls_context()  # now, rather than on the first request
+        self.router.settings = config.router  # what it learnt of each deployment stays
         self.state = State.of(config)
 
     async def handle(self, request: BaseRequest) -> web.StreamResponse:
@@ -177,54 +192,172 @@ class Gateway:
         if found is None:
             raise errors.model_not_found(model)
         outcome.model = found.group.name
-        deployment = pick(found.group)
-        outcome.deployment = deployment.id
-        upstream_model = deployment.upstream_model(found.wildcard)
-        if deployment.mock_response is not None:
-            return await _mock(request, endpoint, body, deployment, upstream_model)
-        try:
-            head = deployment.head(endpoint, upstream_model)
-        except ValueError:
-            raise errors.bad_request(
-                f"The model name '{model}' cannot name a deployment of this upstream: use letters, "
-                "digits, '.', '-' and '_'.",
-                "model",
-                "invalid_model_name",
-            ) from None
-        if head is None or deployment.origin is None:
-            raise errors.bad_request(
-                f"The model '{model}' does not serve {endpoint.value}.",
-                "model",
-                "unsupported_endpoint",
+        return await self._attempts(request, endpoint, body, len(raw), found, state, outcome)
+
+    async def _attempts(
+        self,
+        request: BaseRequest,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        size: int,
+        found: Match,
+        state: State,
+        outcome: Outcome,
+    ) -> web.StreamResponse:
+        """Try the group's deployments, then its fallback groups, until one answers.
+
+        A connection failure, a timeout before the reply, a 429 or a 5xx moves on to another
+        deployment (or the same one, when it is alone) after a short jittered pause, as long
+        as the group's retries last; then the next fallback group gets its own. Nothing is
+        retried once a byte of the reply has gone to the client.
+        """
+        router = self.router
+        settings = state.config.router
+        chain = [found, *state.fallbacks(found.group.name)]
+        client = client_headers(request.headers)
+        loop = self.pool.loop
+        last: Failure | None = None
+        for position, link in enumerate(chain):
+            group = link.group
+            if position:
+                self.metrics.fallback(chain[0].group.name, group.name)
+            tried: set[str] = set()
+            spent: set[str] = set()  # asked to wait longer than we would: not asked again
+            budget: int | None = None
+            previous: Deployment | None = None
+            while True:
+                deployment = router.choose(group, tried) or router.choose(group, spent)
+                if deployment is None:
+                    blocked = router.blocked(group)
+                    last = last or Failure.of_block(blocked, group.name)
+                    break
+                if budget is None:
+                    retries = deployment.max_retries
+                    budget = 1 + (settings.num_retries if retries is None else retries)
+                if budget == 0:
+                    break
+                budget -= 1
+                if outcome.attempts:
+                    self.metrics.retry(group.name)
+                    await asyncio.sleep(
+                        _pause(outcome.attempts, deployment is previous, last, settings)
+                    )
+                outcome.attempts += 1
+                outcome.deployment = deployment.id
+                previous = deployment
+                upstream_model = deployment.upstream_model(link.wildcard)
+                if deployment.mock_response is not None:
+                    return await _mock(request, endpoint, body, deployment, upstream_model, outcome)
+                data, translation = outbound.build(
+                    deployment, endpoint, body, upstream_model, client
+                )
+                assert deployment.origin is not None
+                named = {DEPLOYMENT_HEADER: deployment.id, ATTEMPTS_HEADER: str(outcome.attempts)}
+                router.started(deployment, size // 4)
+                sent = loop.time()
+                try:
+                    exchange = await self.pool.request(
+                        deployment.origin, data, deployment.timeout, deployment.stream_timeout
+                    )
+                except UpstreamError as exc:
+                    router.finished(deployment)
+                    self.metrics.upstream_error(deployment.id, exc.kind)
+                    self._failed(deployment, "error", group)
+                    last = Failure(errors.upstream_failure(exc, deployment.id))
+                    tried.add(deployment.id)
+                    continue
+                router.answered(deployment, loop.time() - sent)
+                status = exchange.status
+                more = budget > 0 or position + 1 < len(chain)
+                if (status == 429 or status >= 500) and more:
+                    try:
+                        reply = await exchange.read_all(pipe.ERROR_BODY_LIMIT)
+                    except UpstreamError:
+                        reply = b""
+                    finally:
+                        exchange.close()
+                        router.finished(deployment)
+                    self.metrics.upstream_error(deployment.id, f"status_{status}")
+                    cause = RATE_LIMIT_CAUSE if status == 429 else "error"
+                    self._failed(deployment, cause, group)
+                    last = Failure.of_reply(exchange, reply, named)
+                    tried.add(deployment.id)
+                    if last.retry_after() > MAX_RETRY_AFTER:
+                        spent.add(deployment.id)
+                    continue
+                try:
+                    return await pipe.relay(request, exchange, named, translation)
+                finally:
+                    router.finished(deployment)
+                    if exchange.error is not None:
+                        self.metrics.upstream_error(deployment.id, "mid_reply")
+        assert last is not None
+        return last.response(outcome.attempts)
+
+    def _failed(self, deployment: Deployment, cause: str, group: Group) -> None:
+        if self.router.failed(deployment, cause, len(group.deployments)):
+            self.metrics.cooldown(deployment.id)
+            log.warning("deployment %s cools down after repeated failures", deployment.id)
+
+
+@dataclass(slots=True)
+class Failure:
+    """The last thing that went wrong, kept to answer with when nothing is left to try."""
+
+    error: errors.GatewayError | None = None
+    status: int = 0
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def of_reply(cls, exchange: Exchange, body: bytes, named: dict[str, str]) -> Failure:
+        """An upstream's error reply, relayed as it came when nothing else answers."""
+        headers, _ = reply_headers(exchange.headers, named)
+        return cls(status=exchange.status, body=body, headers=list(headers.items()))
+
+    @classmethod
+    def of_block(cls, blocked: Blocked, group: str) -> Failure:
+        wait = max(1, math.ceil(blocked.retry_after))
+        why = "rate limits" if blocked.status == 429 else "repeated failures"
+        return cls(
+            errors.GatewayError(
+                blocked.status,
+                f"Every deployment of '{group}' is cooling down after {why}; retry in {wait}s.",
+                errors.RATE_LIMIT if blocked.status == 429 else errors.UNAVAILABLE,
+                "deployments_cooling_down",
+                headers={"Retry-After": str(wait)},
             )
-        translation = None
-        defaults = deployment.defaults[endpoint]
-        if endpoint is Endpoint.CHAT:
-            if not deployment.supports_system_message:
-                body = {**body, "messages": translate.fold_system_messages(body["messages"])}
-            if deployment.chat_over_text:
-                body = translate.chat_to_text_request(body)
-                defaults = deployment.defaults[Endpoint.COMPLETIONS]
-                translation = TEXT_TO_CHAT
-        payload = requests.upstream_body(body, upstream_model, defaults)
-        data = (
-            head,
-            client_headers(request.headers),
-            b"Content-Length: %d\r\n\r\n" % len(payload),
-            payload,
         )
-        try:
-            exchange = await self.pool.request(
-                deployment.origin, data, deployment.timeout, deployment.stream_timeout
-            )
-        except UpstreamError as exc:
-            self.metrics.upstream_error(deployment.id, exc.kind)
-            raise errors.upstream_failure(exc, deployment.id) from None
-        try:
-            return await pipe.relay(request, exchange, deployment.id, translation)
-        finally:
-            if exchange.error is not None:
-                self.metrics.upstream_error(deployment.id, "mid_reply")
+
+    def retry_after(self) -> float:
+        """The upstream's Retry-After in seconds (0 when it gave none, or a date)."""
+        for name, value in self.headers:
+            if name.lower() == "retry-after":
+                try:
+                    return max(0.0, float(value))
+                except ValueError:
+                    return 0.0
+        return 0.0
+
+    def response(self, attempts: int) -> web.Response:
+        if self.error is not None:
+            response = self.error.response()
+        else:
+            response = web.Response(status=self.status, body=self.body, headers=self.headers)
+        response.headers[ATTEMPTS_HEADER] = str(attempts)
+        return response
+
+
+def _pause(attempt: int, same: bool, last: Failure | None, settings: RouterSettings) -> float:
+    """Seconds to wait before another attempt: a short jittered backoff, at least the
+    configured retry_after, and, before asking the same deployment again, the Retry-After it
+    sent (a longer one than MAX_RETRY_AFTER is not waited for: that deployment is not asked
+    again)."""
+    pause: float = min(MAX_BACKOFF, BACKOFF * 2 ** (attempt - 1)) * (0.5 + random.random())
+    pause = max(pause, settings.retry_after)
+    if same and last is not None:
+        pause = max(pause, min(last.retry_after(), MAX_RETRY_AFTER))
+    return pause
 
 
 def _continue(request: BaseRequest) -> None:
@@ -250,6 +383,7 @@ async def _mock(
     body: dict[str, Any],
     deployment: Deployment,
     model: str,
+    outcome: Outcome,
 ) -> web.StreamResponse:
     if endpoint is Endpoint.EMBEDDINGS:
         raise errors.bad_request(
@@ -259,7 +393,7 @@ async def _mock(
             "unsupported_endpoint",
         )
     text = deployment.mock_response or ""
-    headers = {DEPLOYMENT_HEADER: deployment.id}
+    headers = {DEPLOYMENT_HEADER: deployment.id, ATTEMPTS_HEADER: str(outcome.attempts)}
     if body.get("stream"):
         return await pipe.send_events(request, mock.stream(body, endpoint, model, text), headers)
     return web.Response(

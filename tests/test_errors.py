@@ -307,9 +307,10 @@ async def test_unreachable_names_the_deployment(
     async with http.post(sidecar.url + "/v1/chat/completions", json={**CHAT, "model": "m"}) as r:
         assert r.status == 502
         assert r.headers["x-sidecar-deployment"] == "vllm-down"
+        assert r.headers["x-sidecar-attempts"] == "3"  # the default: two retries
     async with http.get(sidecar.url + "/metrics") as r:
         assert (
-            'sidecar_upstream_errors_total{deployment="vllm-down",kind="connect"} 1'
+            'sidecar_upstream_errors_total{deployment="vllm-down",kind="connect"} 3'
             in await r.text()
         )
 

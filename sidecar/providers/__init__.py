@@ -121,4 +121,5 @@ def build(
         rpm=params.rpm,
         tpm=params.tpm,
         weight=params.weight,
+        max_retries=params.max_retries,
     )
