@@ -229,7 +229,10 @@ class Gateway:
                 deployment = router.choose(group, tried) or router.choose(group, spent)
                 if deployment is None:
                     blocked = router.blocked(group)
-                    last = last or Failure.of_block(blocked, group.name)
+                    if last is None or last.error is not None:
+                        last = Failure.of_block(blocked, group.name)
+                    else:
+                        last.retry_hint = blocked.retry_after  # an upstream's reply, and a wait
                     break
                 if budget is None:
                     retries = deployment.max_retries
@@ -268,6 +271,9 @@ class Gateway:
                     continue
                 router.answered(deployment, loop.time() - sent)
                 status = exchange.status
+                if status == 429 or status >= 500:
+                    self.metrics.upstream_error(deployment.id, f"status_{status}")
+                    self._failed(deployment, RATE_LIMIT_CAUSE if status == 429 else "error", group)
                 more = budget > 0 or position + 1 < len(chain)
                 if (status == 429 or status >= 500) and more:
                     try:
@@ -277,9 +283,6 @@ class Gateway:
                     finally:
                         exchange.close()
                         router.finished(deployment)
-                    self.metrics.upstream_error(deployment.id, f"status_{status}")
-                    cause = RATE_LIMIT_CAUSE if status == 429 else "error"
-                    self._failed(deployment, cause, group)
                     last = Failure.of_reply(exchange, reply, named)
                     tried.add(deployment.id)
                     if last.retry_after() > MAX_RETRY_AFTER:
@@ -308,6 +311,7 @@ class Failure:
     status: int = 0
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
+    retry_hint: float = 0.0  # seconds until the group takes calls again, when it is known
 
     @classmethod
     def of_reply(cls, exchange: Exchange, body: bytes, named: dict[str, str]) -> Failure:
@@ -344,6 +348,8 @@ class Failure:
             response = self.error.response()
         else:
             response = web.Response(status=self.status, body=self.body, headers=self.headers)
+            if self.retry_hint and "Retry-After" not in response.headers:
+                response.headers["Retry-After"] = str(max(1, math.ceil(self.retry_hint)))
         response.headers[ATTEMPTS_HEADER] = str(attempts)
         return response
 
