@@ -6,8 +6,7 @@ Exact names win over patterns; among patterns, the one with the longest literal 
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sidecar.deployment import Deployment
@@ -63,11 +62,3 @@ class Table:
             if part is not None:
                 return Match(group, part)
         return None
-
-
-def pick(group: Group, draw: Callable[[], float] = random.random) -> Deployment:
-    """One deployment of the group, uniformly at random (LiteLLM's default 'simple-shuffle')."""
-    members = group.deployments
-    if len(members) == 1:
-        return members[0]
-    return members[int(draw() * len(members))]

@@ -6,7 +6,7 @@ import pytest
 
 from sidecar import config as configs
 from sidecar.routes import Endpoint, RouteError, match
-from sidecar.table import Table, pick
+from sidecar.table import Table
 
 
 @pytest.mark.parametrize(
@@ -62,12 +62,14 @@ def test_exact_names_win_over_patterns() -> None:
     t = table(("*", "hosted_vllm/*"), ("gpt-*", "hosted_vllm/g-*"), ("gpt-4o", "hosted_vllm/exact"))
     found = t.lookup("gpt-4o")
     assert found is not None and found.wildcard is None
-    assert pick(found.group).upstream_model(found.wildcard) == "exact"
+    assert found.group.deployments[0].upstream_model(found.wildcard) == "exact"
     found = t.lookup("gpt-3.5")
     assert found is not None and found.group.name == "gpt-*"
-    assert pick(found.group).upstream_model(found.wildcard) == "g-3.5"
+    assert found.group.deployments[0].upstream_model(found.wildcard) == "g-3.5"
     found = t.lookup("llama/3")
-    assert found is not None and pick(found.group).upstream_model(found.wildcard) == "llama/3"
+    assert (
+        found is not None and found.group.deployments[0].upstream_model(found.wildcard) == "llama/3"
+    )
 
 
 def test_no_pattern_no_match() -> None:
@@ -77,11 +79,3 @@ def test_no_pattern_no_match() -> None:
     assert t.lookup("openai/") is None  # a '*' stands for at least one character
     found = t.lookup("openai/x")
     assert found is not None and found.wildcard == "x"
-
-
-def test_pick_spreads_over_a_group() -> None:
-    t = table(("m", "hosted_vllm/one"), ("m", "hosted_vllm/two"))
-    found = t.lookup("m")
-    assert found is not None
-    assert pick(found.group, lambda: 0.0).model == "one"
-    assert pick(found.group, lambda: 0.99).model == "two"
