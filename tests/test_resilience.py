@@ -134,9 +134,11 @@ async def test_least_busy_spreads_what_is_in_flight(
         + "router_settings:\n  routing_strategy: least-busy\n"
     )
     tasks = []
-    for _ in range(10):
+    for k in range(1, 11):
         tasks.append(asyncio.ensure_future(send(http, sidecar.url)))
-        await asyncio.sleep(0.02)  # each arrives while the earlier ones are still in flight
+        # The next one comes once this one reached its upstream, while all are still in flight.
+        while a.count + b.count < k:
+            await asyncio.sleep(0.005)
     results = await asyncio.gather(*tasks)
     assert {r[0] for r in results} == {200}
     assert (a.count, b.count) == (5, 5)
