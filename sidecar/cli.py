@@ -23,7 +23,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=int, help="port to listen on (default 4000)")
-    p.add_argument("--workers", type=int, help="worker processes sharing the port (default 1)")
+    p.add_argument(
+        "--workers", help="worker processes sharing the port, or auto: one per core (default 1)"
+    )
+    p.add_argument(
+        "--uds", help="also listen on this Unix socket path (for clients in the same pod)"
+    )
     p.add_argument(
         "--check", action="store_true", help="validate the file, print the routing table and exit"
     )
@@ -55,18 +60,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     host = args.host if args.host is not None else config.server.host
     port = args.port if args.port is not None else config.server.port
-    workers = args.workers if args.workers is not None else config.server.workers
-    if workers < 1:
-        print("sidecar: --workers must be at least 1", file=sys.stderr)
+    try:
+        workers = _workers(args.workers) if args.workers is not None else config.server.workers
+    except ValueError:
+        print("sidecar: --workers must be a number of at least 1, or auto", file=sys.stderr)
         return 2
     if not 0 <= port <= 65535:
         print("sidecar: --port must be 0..65535", file=sys.stderr)
         return 2
     from sidecar import server  # imported late: --check and --version stay quick
 
+    uds_path = args.uds or config.server.uds
+    try:
+        # Made before any worker starts, so that all of them accept on the one socket.
+        uds = server.unix_socket(uds_path) if uds_path else None
+    except OSError as exc:
+        print(f"sidecar: cannot listen on {uds_path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     if workers == 1:
         try:
-            server.run(config, host, port)
+            server.run(config, host, port, uds=uds)
         except OSError as exc:
             print(
                 f"sidecar: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr
@@ -76,5 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sidecar.workers import supervise
 
     return supervise(
-        workers, config, lambda table: server.run(table, host, port, reuse_port=True, worker=True)
+        workers,
+        config,
+        lambda table: server.run(table, host, port, reuse_port=True, worker=True, uds=uds),
     )
+
+
+def _workers(text: str) -> int:
+    count = configs.workers_auto() if text == "auto" else int(text)
+    if count < 1:
+        raise ValueError(text)
+    return count

@@ -128,9 +128,12 @@ class ServerSettings:
 
     host: str = "0.0.0.0"
     port: int = 4000
-    workers: int = 1
+    workers: int = 1  # "auto" in the file: one per core
+    uds: str | None = None  # also listen on this Unix socket path; None: TCP only
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # a larger body gets 413; 0 means no limit
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT  # seconds in-flight requests get on SIGTERM
+    access_log: bool = True  # one JSON line per request on stdout
+    reload_interval: float = 1.0  # seconds between checks of the file for changes; 0: SIGHUP only
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,16 +435,25 @@ def _server_settings(raw: Mapping[str, Any]) -> ServerSettings:
         "host": (str,),
         "port": (int,),
         "workers": (int,),
+        "uds": (str,),
         "max_request_bytes": (int,),
         "drain_timeout": (int, float),
+        "access_log": (bool,),
+        "reload_interval": (int, float),
     }
     for key, value in raw.items():
         path = f"sidecar_settings.{key}"
         if key not in types:
             raise ConfigError(path, f"unknown key (known: {', '.join(types)})")
-        if not isinstance(value, types[key]) or isinstance(value, bool):
+        if key == "workers" and value == "auto":
+            value = workers_auto()
+        if not isinstance(value, types[key]) or (
+            isinstance(value, bool) and bool not in types[key]
+        ):
             raise ConfigError(path, f"must be {types[key][0].__name__}")
         values[key] = value
+    if values.get("reload_interval", 0) < 0:
+        raise ConfigError("sidecar_settings.reload_interval", "must not be negative")
     if not 0 <= values.get("port", 0) <= 65535:
         raise ConfigError("sidecar_settings.port", "must be 0..65535")
     if values.get("workers", 1) < 1:
@@ -451,6 +463,14 @@ def _server_settings(raw: Mapping[str, Any]) -> ServerSettings:
     if values.get("drain_timeout", 0) < 0:
         raise ConfigError("sidecar_settings.drain_timeout", "must not be negative")
     return ServerSettings(**values)
+
+
+def workers_auto() -> int:
+    """One worker per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def _resolve(value: Any, env: Mapping[str, str], where: str) -> Any:

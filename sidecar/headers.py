@@ -29,6 +29,7 @@ _NOT_RELAYED = HOP_BY_HOP | _OURS
 
 DEPLOYMENT_HEADER = "x-sidecar-deployment"  # which deployment served
 ATTEMPTS_HEADER = "x-sidecar-attempts"  # how many upstream calls it took, retries included
+REQUEST_ID_HEADER = "x-request-id"  # the client's, or made here; sent upstream and returned
 
 # Streams must reach the client as they are written: no cache, and no buffering in an nginx-style
 # ingress in front (X-Accel-Buffering is nginx's per-response switch).

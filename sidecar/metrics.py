@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from sidecar.histogram import Histogram
+
 UNKNOWN = ""  # the model label of a request that named no configured model
 
 
@@ -19,6 +21,14 @@ class Metrics:
         self.retries: defaultdict[str, int] = defaultdict(int)
         self.fallbacks: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.cooldowns: defaultdict[str, int] = defaultdict(int)
+        self.streams_in_flight = 0
+        self.duration = Histogram()  # by endpoint and model group
+        self.ttfb = Histogram()  # by deployment
+        self.tokens: defaultdict[tuple[str, str], int] = defaultdict(int)  # (model, kind)
+
+    def usage(self, model: str, prompt: int, completion: int) -> None:
+        self.tokens[(model, "prompt")] += prompt
+        self.tokens[(model, "completion")] += completion
 
     def retry(self, model: str) -> None:
         self.retries[model] += 1
@@ -57,6 +67,31 @@ class Metrics:
                 f"sidecar_upstream_errors_total{{{_labels(deployment=deployment, kind=kind)}}} {count}"
             )
         lines += [
+            "# HELP sidecar_streams_in_flight Streamed replies being relayed now.",
+            "# TYPE sidecar_streams_in_flight gauge",
+            f"sidecar_streams_in_flight {self.streams_in_flight}",
+        ]
+        lines += _histogram(
+            "sidecar_request_duration_seconds",
+            "Time from a request's arrival to the end of its reply (streams included).",
+            ("endpoint", "model"),
+            self.duration,
+        )
+        lines += _histogram(
+            "sidecar_upstream_ttfb_seconds",
+            "Time from sending a request upstream to the upstream reply's head.",
+            ("deployment",),
+            self.ttfb,
+        )
+        lines += [
+            "# HELP sidecar_tokens_total Tokens, as upstreams report them in `usage`.",
+            "# TYPE sidecar_tokens_total counter",
+        ]
+        lines += [
+            f"sidecar_tokens_total{{{_labels(model=m, kind=k)}}} {n}"
+            for (m, k), n in self.tokens.items()
+        ]
+        lines += [
             "# HELP sidecar_retries_total Upstream calls made again after a failure, by model group.",
             "# TYPE sidecar_retries_total counter",
         ]
@@ -80,6 +115,20 @@ class Metrics:
             for d, n in self.cooldowns.items()
         ]
         return ("\n".join(lines) + "\n").encode()
+
+
+def _histogram(
+    name: str, help_text: str, names: tuple[str, ...], histogram: Histogram
+) -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+    for values, le, value in histogram.samples():
+        labels = _labels(**dict(zip(names, values, strict=True)))
+        number = f"{value:g}" if le == "sum" else str(int(value))
+        if le in ("sum", "count"):
+            lines.append(f"{name}_{le}{{{labels}}} {number}")
+        else:
+            lines.append(f'{name}_bucket{{{labels},le="{le}"}} {number}')
+    return lines
 
 
 def _labels(**labels: str) -> str:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import random
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,11 +18,18 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 
-from sidecar import auth, errors, mock, outbound, pipe
+from sidecar import auth, errors, mock, outbound, pipe, usage
 from sidecar import request as requests
+from sidecar.accesslog import AccessLog
 from sidecar.config import Config, RouterSettings
 from sidecar.deployment import Deployment
-from sidecar.headers import ATTEMPTS_HEADER, DEPLOYMENT_HEADER, client_headers, reply_headers
+from sidecar.headers import (
+    ATTEMPTS_HEADER,
+    DEPLOYMENT_HEADER,
+    REQUEST_ID_HEADER,
+    client_headers,
+    reply_headers,
+)
 from sidecar.metrics import UNKNOWN, Metrics
 from sidecar.router import RATE_LIMIT as RATE_LIMIT_CAUSE
 from sidecar.router import Blocked, Router
@@ -85,15 +94,23 @@ class State:
 class Outcome:
     """What the access log and metrics learn of one request as it goes."""
 
+    request_id: str = ""
     model: str = UNKNOWN
     deployment: str = ""
     attempts: int = 0
+    upstream_status: int | None = None
+    ttfb: float | None = None  # seconds from the request's arrival to the upstream's reply head
+    stream: bool = False
+    started: float = 0.0  # the loop's time when the request arrived
 
 
 class Gateway:
-    def __init__(self, config: Config, pool: Pool, metrics: Metrics) -> None:
+    def __init__(
+        self, config: Config, pool: Pool, metrics: Metrics, access_log: AccessLog | None = None
+    ) -> None:
         self.pool = pool
         self.metrics = metrics
+        self.access_log = access_log or AccessLog(enabled=False)
         self.draining = False
         self.router = Router(config.router)
         self.reload(config)
@@ -115,31 +132,69 @@ class Gateway:
             if exc.status == 405:
                 return errors.method_not_allowed(request.method, path, exc.allow).response()
             return errors.unknown_path(request.method, path).response()
-        outcome = Outcome()
+        started = self.pool.loop.time()
+        outcome = Outcome(_request_id(request.headers.get(REQUEST_ID_HEADER)), started=started)
+        response: web.StreamResponse | None = None
         status = 500
         self.metrics.in_flight += 1
         try:
             response = await self._dispatch(request, endpoint, outcome)
-            status = response.status
-            return response
         except errors.GatewayError as exc:
-            status = exc.status
-            return _failure(request, exc)
+            response = _failure(request, exc)
         except web.HTTPRequestEntityTooLarge:
-            status = 413
-            return _failure(request, errors.too_large(self.state.config.server.max_request_bytes))
+            limit = self.state.config.server.max_request_bytes
+            response = _failure(request, errors.too_large(limit))
         except (asyncio.CancelledError, ConnectionResetError) as exc:
             # The client went away (499 is nginx's code for it); nobody is left to answer.
             status = CLIENT_GONE
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            return web.Response(status=CLIENT_GONE)
+            response = web.Response(status=CLIENT_GONE)
         except Exception:
-            log.exception("unhandled error serving %s %s", request.method, request.path)
-            return _failure(request, errors.internal())
+            log.exception("unhandled error serving %s %s", request.method, path)
+            response = _failure(request, errors.internal())
         finally:
             self.metrics.in_flight -= 1
-            self.metrics.done(endpoint.name.lower(), outcome.model, outcome.deployment, status)
+            if response is not None:
+                status = response.status
+                if not response.prepared:
+                    response.headers[REQUEST_ID_HEADER] = outcome.request_id
+            self._record(request, path, endpoint, outcome, status, response, started)
+        return response
+
+    def _record(
+        self,
+        request: BaseRequest,
+        path: str,
+        endpoint: Endpoint,
+        outcome: Outcome,
+        status: int,
+        response: web.StreamResponse | None,
+        started: float,
+    ) -> None:
+        """Metrics and the access log line for one request."""
+        duration = self.pool.loop.time() - started
+        name = endpoint.name.lower()
+        self.metrics.done(name, outcome.model, outcome.deployment, status)
+        if endpoint in MODEL_ENDPOINTS:
+            self.metrics.duration.observe((name, outcome.model), duration)
+        ttfb = outcome.ttfb
+        self.access_log.record(
+            {
+                "request_id": outcome.request_id,
+                "method": request.method,
+                "path": path,
+                "model": outcome.model or None,
+                "deployment": outcome.deployment or None,
+                "status": status,
+                "upstream_status": outcome.upstream_status,
+                "attempts": outcome.attempts,
+                "duration_ms": round(duration * 1000, 3),
+                "ttfb_ms": None if ttfb is None else round(ttfb * 1000, 3),
+                "bytes": _sent(response),
+                "stream": outcome.stream,
+            }
+        )
 
     async def _dispatch(
         self, request: BaseRequest, endpoint: Endpoint, outcome: Outcome
@@ -214,8 +269,11 @@ class Gateway:
         router = self.router
         settings = state.config.router
         chain = [found, *state.fallbacks(found.group.name)]
-        client = client_headers(request.headers)
+        client = client_headers(request.headers) + b"X-Request-Id: %s\r\n" % (
+            outcome.request_id.encode()
+        )
         loop = self.pool.loop
+        outcome.stream = body.get("stream") is True
         last: Failure | None = None
         for position, link in enumerate(chain):
             group = link.group
@@ -255,7 +313,11 @@ class Gateway:
                     deployment, endpoint, body, upstream_model, client
                 )
                 assert deployment.origin is not None
-                named = {DEPLOYMENT_HEADER: deployment.id, ATTEMPTS_HEADER: str(outcome.attempts)}
+                named = {
+                    DEPLOYMENT_HEADER: deployment.id,
+                    ATTEMPTS_HEADER: str(outcome.attempts),
+                    REQUEST_ID_HEADER: outcome.request_id,
+                }
                 router.started(deployment, size // 4)
                 sent = loop.time()
                 try:
@@ -269,8 +331,11 @@ class Gateway:
                     last = Failure(errors.upstream_failure(exc, deployment.id))
                     tried.add(deployment.id)
                     continue
-                router.answered(deployment, loop.time() - sent)
-                status = exchange.status
+                answered = loop.time()
+                router.answered(deployment, answered - sent)
+                self.metrics.ttfb.observe((deployment.id,), answered - sent)
+                outcome.ttfb = answered - outcome.started
+                status = outcome.upstream_status = exchange.status
                 if status == 429 or status >= 500:
                     self.metrics.upstream_error(deployment.id, f"status_{status}")
                     self._failed(deployment, RATE_LIMIT_CAUSE if status == 429 else "error", group)
@@ -288,12 +353,19 @@ class Gateway:
                     if last.retry_after() > MAX_RETRY_AFTER:
                         spent.add(deployment.id)
                     continue
+                streaming = outcome.stream and status < 400
+                self.metrics.streams_in_flight += streaming
                 try:
                     return await pipe.relay(request, exchange, named, translation)
                 finally:
+                    self.metrics.streams_in_flight -= streaming
                     router.finished(deployment)
                     if exchange.error is not None:
                         self.metrics.upstream_error(deployment.id, "mid_reply")
+                    elif status < 400:
+                        counted = usage.tokens(exchange.before_last, exchange.last)
+                        if counted is not None:
+                            self.metrics.usage(group.name, *counted)
         assert last is not None
         return last.response(outcome.attempts)
 
@@ -352,6 +424,27 @@ class Failure:
                 response.headers["Retry-After"] = str(max(1, math.ceil(self.retry_hint)))
         response.headers[ATTEMPTS_HEADER] = str(attempts)
         return response
+
+
+def _request_id(given: str | None) -> str:
+    """The client's X-Request-Id when it is a sane one (printable ASCII, at most 128 characters:
+    it goes into a header upstream and into the log), else one made here."""
+    if given and len(given) <= 128 and given.isascii() and given.isprintable():
+        return given
+    return f"{_ID_PREFIX}{next(_ids):x}"
+
+
+_ID_PREFIX = secrets.token_hex(6) + "-"  # unique per process; a counter makes each id
+_ids = itertools.count(1)
+
+
+def _sent(response: web.StreamResponse | None) -> int | None:
+    if response is None:
+        return None
+    if isinstance(response, web.Response):
+        body = response.body
+        return len(body) if isinstance(body, bytes | bytearray) else None
+    return response.body_length
 
 
 def _pause(attempt: int, same: bool, last: Failure | None, settings: RouterSettings) -> float:

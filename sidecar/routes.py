@@ -35,6 +35,8 @@ _OPS_ROUTES: tuple[tuple[str, str, Endpoint], ...] = (
     ("GET", "/health/readiness", Endpoint.READINESS),
     ("GET", "/health/readiness/", Endpoint.READINESS),
     ("GET", "/metrics", Endpoint.METRICS),
+    ("GET", "/healthz", Endpoint.LIVELINESS),  # the Kubernetes-style names, as aliases
+    ("GET", "/readyz", Endpoint.READINESS),
 )
 
 

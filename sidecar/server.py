@@ -8,6 +8,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from aiohttp.web_response import StreamResponse
 
 from sidecar import config as configs
 from sidecar import errors
+from sidecar.accesslog import AccessLog
 from sidecar.config import Config
 from sidecar.deployment import ConfigError
 from sidecar.metrics import Metrics
@@ -83,11 +85,19 @@ class Running:
         self.gateway.draining = True
         await self.runner.cleanup()
         await self.gateway.pool.close()
+        self.gateway.access_log.flush()
 
 
-async def start(config: Config, host: str, port: int, *, reuse_port: bool = False) -> Running:
+async def start(
+    config: Config,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    uds: socket.socket | None = None,
+) -> Running:
     pool = Pool()
-    gateway = Gateway(config, pool, Metrics())
+    gateway = Gateway(config, pool, Metrics(), AccessLog(enabled=config.server.access_log))
     loop = asyncio.get_running_loop()
 
     def make_request(
@@ -115,11 +125,13 @@ async def start(config: Config, host: str, port: int, *, reuse_port: bool = Fals
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
     try:
         await site.start()
+        if uds is not None:
+            await web.SockSite(runner, uds).start()
     except BaseException:
         await runner.cleanup()
         await pool.close()
         raise
-    bound = runner.addresses[0][1] if runner.addresses else port
+    bound = next((a[1] for a in runner.addresses if isinstance(a, tuple)), port)
     return Running(gateway, runner, bound)
 
 
@@ -138,11 +150,17 @@ def reload(running: Running, path: str) -> bool:
 
 
 async def serve(
-    config: Config, host: str, port: int, *, reuse_port: bool = False, worker: bool = False
+    config: Config,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    worker: bool = False,
+    uds: socket.socket | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then drain; SIGHUP reloads the file. A worker of a
-    supervisor leaves SIGINT to it."""
-    running = await start(config, host, port, reuse_port=reuse_port)
+    """Serve until SIGTERM or SIGINT, then drain; SIGHUP or a change of the file reloads it. A
+    worker of a supervisor leaves SIGINT to it."""
+    running = await start(config, host, port, reuse_port=reuse_port, uds=uds)
     log.info(
         "sidecar listening on %s:%d with %d deployments",
         host,
@@ -155,13 +173,58 @@ async def serve(
     for sig in stops:
         loop.add_signal_handler(sig, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, reload, running, config.path)
+    watch = None
+    if config.server.reload_interval:
+        watch = asyncio.create_task(_watch(running, config.path, config.server.reload_interval))
     await stopping.wait()
+    if watch is not None:
+        watch.cancel()
     log.info("draining (up to %.0fs)", config.server.drain_timeout)
     # A second signal while draining exits at once.
     for sig in stops:
         loop.add_signal_handler(sig, _exit_now)
     await running.stop()
     log.info("stopped")
+
+
+def unix_socket(path: str) -> socket.socket:
+    """A listening Unix socket at `path`, replacing a stale one left by an earlier run."""
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nobody listens there: a leftover
+        else:
+            raise OSError(98, "address already in use")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(path)
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _fingerprint(path: str) -> tuple[int, int, int] | None:
+    """What changes when the file does: an edit (time, size) or a swap of the file behind it
+    (inode), as Kubernetes does to a mounted ConfigMap by replacing a symlink."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+async def _watch(running: Running, path: str, interval: float) -> None:
+    seen = _fingerprint(path)
+    while True:
+        await asyncio.sleep(interval)
+        now = _fingerprint(path)
+        if now is not None and now != seen:
+            seen = now
+            log.info("%s changed", path)
+            reload(running, path)
 
 
 def raise_fd_limit() -> None:
@@ -178,7 +241,13 @@ def _exit_now() -> None:
 
 
 def run(
-    config: Config, host: str, port: int, *, reuse_port: bool = False, worker: bool = False
+    config: Config,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    worker: bool = False,
+    uds: socket.socket | None = None,
 ) -> None:
     """The blocking entry point of one worker process, on uvloop when it is installed."""
     raise_fd_limit()
@@ -189,4 +258,4 @@ def run(
     else:
         runner_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=runner_factory) as runner:
-        runner.run(serve(config, host, port, reuse_port=reuse_port, worker=worker))
+        runner.run(serve(config, host, port, reuse_port=reuse_port, worker=worker, uds=uds))

@@ -107,10 +107,12 @@ class Exchange:
         "_parser",
         "_paused",
         "_waiter",
+        "before_last",
         "conn",
         "ended",
         "got_bytes",
         "headers",
+        "last",
         "status",
         "stream_timeout",
         "timeout",
@@ -131,6 +133,7 @@ class Exchange:
         self._error: UpstreamError | None = None
         self.ended = False
         self.got_bytes = False
+        self.last = self.before_last = b""  # the last body bytes handed on, for usage counts
         self._last_read = self._loop.time()
         conn.pool.watch(self)
 
@@ -236,10 +239,9 @@ class Exchange:
                 break
             await self._wait()
         chunks = self._chunks
-        if len(chunks) == 1:
-            return chunks.popleft()
-        body = b"".join(chunks)
+        body = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
+        self.last = body
         return body
 
     async def next_chunk(self) -> bytes:
@@ -253,6 +255,7 @@ class Exchange:
                 if self._paused:
                     self._paused = False
                     self.conn.resume_reading()
+                self.before_last, self.last = self.last, data
                 return data
             if self.ended:
                 return b""

@@ -43,7 +43,12 @@ def supervise(count: int, config: Config, run: Callable[[Config], None]) -> int:
             signal.signal(signal.SIGHUP, signal.SIG_DFL)
             status = 0
             try:
-                run(current)
+                # The file as it is now: it may have changed since the last SIGHUP.
+                try:
+                    table = configs.load(current.path)
+                except ConfigError:
+                    table = current
+                run(table)
             except OSError as exc:
                 log.error("worker %d cannot serve: %s", os.getpid(), exc.strerror or exc)
                 status = 1

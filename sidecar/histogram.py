@@ -1,0 +1,50 @@
+"""A Prometheus histogram with fixed buckets: an observation is a bisect and three additions."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator
+
+# Seconds: from a cached reply to a long generation.
+DURATION_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+)
+
+
+class Histogram:
+    __slots__ = ("bounds", "series")
+
+    def __init__(self, bounds: tuple[float, ...] = DURATION_BUCKETS) -> None:
+        self.bounds = bounds
+        self.series: dict[tuple[str, ...], list[float]] = {}  # labels -> bucket counts, sum, count
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        series = self.series.get(labels)
+        if series is None:
+            series = self.series[labels] = [0.0] * (len(self.bounds) + 3)
+        series[bisect_left(self.bounds, value)] += 1
+        series[-2] += value
+        series[-1] += 1
+
+    def samples(self) -> Iterator[tuple[tuple[str, ...], str, float]]:
+        """(labels, le, cumulative count) for each bucket, then ('sum', ...) and ('count', ...)."""
+        for labels, series in self.series.items():
+            running = 0.0
+            for bound, count in zip((*self.bounds, float("inf")), series, strict=False):
+                running += count
+                yield labels, "+Inf" if bound == float("inf") else repr(bound), running
+            yield labels, "sum", series[-2]
+            yield labels, "count", series[-1]
