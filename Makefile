@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 CONFIG ?= deploy/config.example.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint check clean bench
+.PHONY: run test lint check clean bench binary
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "sidecar needs Python >= 3.11 (make PYTHON=python3.11)")'
@@ -39,3 +39,7 @@ clean:
 # The benchmark (tests/bench/): needs wrk (apt-get install wrk); nginx is compared when installed.
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.run $(BENCH_ARGS)
+
+# One self-contained executable in dist/sidecar (PyInstaller; interpreter and dependencies inside).
+binary: $(STAMP)
+	$(BIN)/python deploy/build_binary.py --dist dist

@@ -5,6 +5,7 @@ Everything is checked here, before any socket opens; every error names the file 
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -466,11 +467,19 @@ def _server_settings(raw: Mapping[str, Any]) -> ServerSettings:
 
 
 def workers_auto() -> int:
-    """One worker per core this process may run on."""
+    """One worker per core this process may use: the cores it may run on, and no more than its
+    container's CPU limit (cgroup v2 `cpu.max`), which Kubernetes sets from `limits.cpu`."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
 
 
 def _resolve(value: Any, env: Mapping[str, str], where: str) -> Any:

@@ -24,12 +24,26 @@ from tests.test_gateway import vllm
 CHAT = {"model": "mistral", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def start(config: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
+def start(
+    config: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar", "--config", str(config), "--host", "127.0.0.1",
-         "--port", str(port), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
+        [
+            sys.executable,
+            "-m",
+            "sidecar",
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
     return proc, port
 
@@ -47,8 +61,10 @@ def stop(proc: subprocess.Popen[bytes]) -> tuple[int, str, str]:
 
 async def test_access_log_lines(tmp_path: Path, upstream: FakeUpstream) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text(vllm(upstream) + "      api_key: sk-upstream-SECRET\n"
-                      "general_settings:\n  master_key: os.environ/MK\n")
+    config.write_text(
+        vllm(upstream) + "      api_key: sk-upstream-SECRET\n"
+        "general_settings:\n  master_key: os.environ/MK\n"
+    )
     proc, port = start(config, env={"MK": "sk-master-SECRET"})
     try:
         await wait_ready(port)
@@ -56,16 +72,19 @@ async def test_access_log_lines(tmp_path: Path, upstream: FakeUpstream) -> None:
         async with aiohttp.ClientSession(headers=headers) as http:
             async with http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT) as r:
                 assert r.status == 200
-            async with http.post(f"http://127.0.0.1:{port}/v1/chat/completions",
-                                 json={**CHAT, "stream": True}) as r:
+            async with http.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions", json={**CHAT, "stream": True}
+            ) as r:
                 await r.read()
-            async with http.post(f"http://127.0.0.1:{port}/v1/chat/completions",
-                                 json={**CHAT, "model": "nope"}) as r:
+            async with http.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions", json={**CHAT, "model": "nope"}
+            ) as r:
                 assert r.status == 404
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{port}/v1/models",
-                                headers={"Authorization": "Bearer wrong-SECRET"}) as r:
-                assert r.status == 401
+        async with aiohttp.ClientSession() as http, http.get(
+            f"http://127.0.0.1:{port}/v1/models",
+            headers={"Authorization": "Bearer wrong-SECRET"},
+        ) as r:
+            assert r.status == 401
     finally:
         code, out, err = stop(proc)
     assert code == 0
@@ -87,21 +106,27 @@ async def test_access_log_lines(tmp_path: Path, upstream: FakeUpstream) -> None:
     assert missing["model"] is None and missing["upstream_status"] is None
 
 
-async def test_request_id_goes_upstream_and_back(upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession) -> None:
+async def test_request_id_goes_upstream_and_back(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
     sidecar = await make_sidecar(vllm(upstream))
-    async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT,
-                         headers={"X-Request-Id": "trace-7"}) as r:
+    async with http.post(
+        sidecar.url + "/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "trace-7"}
+    ) as r:
         assert r.headers["x-request-id"] == "trace-7"
     assert upstream.last.headers["X-Request-Id"] == "trace-7"
-    async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT,
-                         headers={"X-Request-Id": "x" * 200}) as r:
+    async with http.post(
+        sidecar.url + "/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "x" * 200}
+    ) as r:
         made = r.headers["x-request-id"]
     assert made != "x" * 200 and upstream.last.headers["X-Request-Id"] == made
     async with http.post(sidecar.url + "/v1/chat/completions", json={**CHAT, "model": "x"}) as r:
         assert r.status == 404 and r.headers["x-request-id"]
 
 
-async def test_health_aliases(upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession) -> None:
+async def test_health_aliases(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
     sidecar = await make_sidecar(vllm(upstream))
     for path in ("/healthz", "/readyz", "/health/liveliness", "/health/readiness"):
         async with http.get(sidecar.url + path) as r:
@@ -113,7 +138,9 @@ async def test_health_aliases(upstream: FakeUpstream, make_sidecar: MakeSidecar,
         assert r.status == 200
 
 
-async def test_metrics_move_with_traffic_and_parse(upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession) -> None:
+async def test_metrics_move_with_traffic_and_parse(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
     sidecar = await make_sidecar(vllm(upstream))
 
     async def scrape() -> dict[str, float]:
@@ -131,13 +158,24 @@ async def test_metrics_move_with_traffic_and_parse(upstream: FakeUpstream, make_
         async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT) as r:
             await r.read()
     after = await scrape()
-    ok = "sidecar_requests_total" + str(sorted({
-        "endpoint": "chat", "model": "mistral", "deployment": "hosted_vllm/mistralai/Mistral-7B#0",
-        "status": "200"}.items()))
+    ok = "sidecar_requests_total" + str(
+        sorted(
+            {
+                "endpoint": "chat",
+                "model": "mistral",
+                "deployment": "hosted_vllm/mistralai/Mistral-7B#0",
+                "status": "200",
+            }.items()
+        )
+    )
     assert after[ok] - before.get(ok, 0) == 3
-    count = "sidecar_request_duration_seconds_count" + str(sorted({"endpoint": "chat", "model": "mistral"}.items()))
+    count = "sidecar_request_duration_seconds_count" + str(
+        sorted({"endpoint": "chat", "model": "mistral"}.items())
+    )
     assert after[count] == 3
-    ttfb = "sidecar_upstream_ttfb_seconds_count" + str(sorted({"deployment": "hosted_vllm/mistralai/Mistral-7B#0"}.items()))
+    ttfb = "sidecar_upstream_ttfb_seconds_count" + str(
+        sorted({"deployment": "hosted_vllm/mistralai/Mistral-7B#0"}.items())
+    )
     assert after[ttfb] == 3
     prompt = "sidecar_tokens_total" + str(sorted({"model": "mistral", "kind": "prompt"}.items()))
     assert after[prompt] == 15  # the fake upstream reports 5 prompt tokens a call
@@ -205,12 +243,12 @@ async def test_sigterm_lets_a_stream_finish(tmp_path: Path, upstream: FakeUpstre
     config.write_text(vllm(upstream))
     proc, port = start(config)
     await wait_ready(port)
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"http://127.0.0.1:{port}/v1/chat/completions",
-                             json={**CHAT, "stream": True}) as r:
-            first = await r.content.readuntil(b"\n\n")
-            proc.send_signal(signal.SIGTERM)  # mid-stream
-            rest = await asyncio.wait_for(r.read(), 10)
+    async with aiohttp.ClientSession() as http, http.post(
+        f"http://127.0.0.1:{port}/v1/chat/completions", json={**CHAT, "stream": True}
+    ) as r:
+        first = await r.content.readuntil(b"\n\n")
+        proc.send_signal(signal.SIGTERM)  # mid-stream
+        rest = await asyncio.wait_for(r.read(), 10)
     assert first + rest == b"".join(events)  # every chunk, and a clean end
     _, err_bytes = await asyncio.to_thread(proc.communicate, timeout=15)
     err = err_bytes.decode()
