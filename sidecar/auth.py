@@ -1,15 +1,45 @@
-"""Client keys. The master key is kept only as a digest and compared in constant time."""
+"""Client keys: who may call, which models, how often.
+
+Keys are held only as SHA-256 digests. A presented key is hashed and looked up by its digest,
+so the time taken depends on neither where a wrong key differs nor its length, and no key is
+ever kept in memory in the clear.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import hmac
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from multidict import CIMultiDictProxy
 
 
 def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
+
+
+def fingerprint(key_digest: bytes) -> str:
+    """What may be shown of a key: the start of its SHA-256 (`sha256:1a2b3c4d`)."""
+    return "sha256:" + key_digest.hex()[:8]
+
+
+def patterns(names: Iterable[str]) -> re.Pattern[str]:
+    """Model names where '*' stands for any text, as one expression."""
+    return re.compile("|".join(".*".join(map(re.escape, n.split("*"))) for n in names))
+
+
+@dataclass(frozen=True, slots=True)
+class ClientKey:
+    name: str  # shown in logs and metrics instead of the key
+    digest: bytes
+    models: re.Pattern[str] | None = None  # the model names it may use; None: all
+    rpm: int | None = None  # requests a minute; None: no limit
+    tpm: int | None = None  # tokens a minute; None: no limit
+    names: tuple[str, ...] = ()  # the patterns `models` was made from, for display
+
+    def allows(self, model: str) -> bool:
+        return self.models is None or self.models.fullmatch(model) is not None
 
 
 def presented_key(headers: CIMultiDictProxy[str]) -> str | None:
@@ -23,10 +53,18 @@ def presented_key(headers: CIMultiDictProxy[str]) -> str | None:
     return headers.get("api-key")
 
 
-def allowed(headers: CIMultiDictProxy[str], key_digest: bytes | None) -> bool:
-    """True when no key is configured or the client presented it. Comparing digests keeps the
-    time independent of where the strings differ and of their lengths."""
-    if key_digest is None:
-        return True
-    key = presented_key(headers)
-    return key is not None and hmac.compare_digest(digest(key), key_digest)
+OPEN = ClientKey("", b"")  # stands for every caller when no key is configured
+
+
+class KeyRing:
+    def __init__(self, keys: Iterable[ClientKey]) -> None:
+        self.by_digest = {k.digest: k for k in keys}
+
+    def identify(self, headers: CIMultiDictProxy[str]) -> ClientKey | None:
+        """The caller's key; OPEN when no key is configured; None for a missing or wrong one."""
+        if not self.by_digest:
+            return OPEN
+        key = presented_key(headers)
+        if not key:
+            return None
+        return self.by_digest.get(digest(key))

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from sidecar import providers
+from sidecar import auth, providers
+from sidecar.auth import ClientKey
 from sidecar.deployment import ConfigError, Deployment, Params
 from sidecar.params import REQUEST_PARAMS
 
@@ -134,6 +135,9 @@ class ServerSettings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # a larger body gets 413; 0 means no limit
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT  # seconds in-flight requests get on SIGTERM
     access_log: bool = True  # one JSON line per request on stdout
+    max_connections: int = 0  # client connections held at once; more get 503; 0: no limit
+    max_in_flight: int = 0  # model requests served at once; more get 503; 0: no limit
+    body_timeout: float = 60.0  # seconds a client may take to send its body; then 408
     reload_interval: float = 1.0  # seconds between checks of the file for changes; 0: SIGHUP only
 
 
@@ -141,7 +145,7 @@ class ServerSettings:
 class Config:
     path: str
     deployments: tuple[Deployment, ...]
-    master_key: str | None  # None: no key is asked of clients
+    keys: tuple[ClientKey, ...]  # the master key first when there is one; empty: no key asked
     router: RouterSettings
     server: ServerSettings
     warnings: tuple[str, ...]
@@ -202,7 +206,7 @@ def parse(raw: Any, name: str, environ: Mapping[str, str]) -> Config:
 
     router = _router_settings(_mapping(raw.get("router_settings"), "router_settings"), warnings)
     general = _mapping(raw.get("general_settings"), "general_settings")
-    master_key = None
+    keys: list[ClientKey] = []
     for key, value in general.items():
         if key == "master_key":
             if value is not None:
@@ -212,9 +216,20 @@ def parse(raw: Any, name: str, environ: Mapping[str, str]) -> Config:
                 )
                 if not master_key:
                     raise ConfigError("general_settings.master_key", "must not be empty")
+                keys.append(ClientKey("master", auth.digest(master_key)))
         else:
             warnings.append(f"general_settings.{key}: not used by this gateway; ignored")
-    server = _server_settings(_mapping(raw.get("sidecar_settings"), "sidecar_settings"))
+    sidecar_settings = dict(_mapping(raw.get("sidecar_settings"), "sidecar_settings"))
+    keys += _client_keys(sidecar_settings.pop("keys", None), env)
+    seen_keys: dict[bytes, str] = {}
+    for client_key in keys:
+        if client_key.digest in seen_keys:
+            raise ConfigError(
+                "sidecar_settings.keys",
+                f"'{client_key.name}' has the same secret as '{seen_keys[client_key.digest]}'",
+            )
+        seen_keys[client_key.digest] = client_key.name
+    server = _server_settings(sidecar_settings)
 
     entries = raw.get("model_list")
     if not isinstance(entries, list) or not entries:
@@ -230,7 +245,7 @@ def parse(raw: Any, name: str, environ: Mapping[str, str]) -> Config:
                 f"'{d.id}' is already the id of model_list[{seen[d.id]}]",
             )
         seen[d.id] = i
-    return Config(name, deployments, master_key, router, server, tuple(warnings))
+    return Config(name, deployments, tuple(keys), router, server, tuple(warnings))
 
 
 def _deployment(
@@ -361,6 +376,58 @@ def _params(raw: Any, where: str, env: Mapping[str, str], warnings: list[str]) -
     )
 
 
+def _client_keys(raw: Any, env: Mapping[str, str]) -> list[ClientKey]:
+    """sidecar_settings.keys: [{name, key, models?, rpm?, tpm?}, ...]."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError(
+            "sidecar_settings.keys", "must be a list of {name, key, models, rpm, tpm}"
+        )
+    keys = []
+    names: set[str] = set()
+    for i, item in enumerate(raw):
+        where = f"sidecar_settings.keys[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(where, "must be a mapping with name and key")
+        for field_name in item:
+            if field_name not in ("name", "key", "models", "rpm", "tpm"):
+                raise ConfigError(
+                    f"{where}.{field_name}", "unknown key (known: name, key, models, rpm, tpm)"
+                )
+        name = item.get("name")
+        if not isinstance(name, str) or not name or name == "master" or name in names:
+            raise ConfigError(f"{where}.name", "must be a unique name other than 'master'")
+        names.add(name)
+        secret = _secret(_resolve(item.get("key"), env, f"{where}.key"), f"{where}.key")
+        if len(secret) < 8:
+            raise ConfigError(f"{where}.key", "must be at least 8 characters")
+        models = item.get("models")
+        if models is not None and (
+            not isinstance(models, list) or not all(isinstance(m, str) and m for m in models)
+        ):
+            raise ConfigError(f"{where}.models", "must be a list of model names ('*' allowed)")
+        limits = {}
+        for limit in ("rpm", "tpm"):
+            value = item.get(limit)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise ConfigError(f"{where}.{limit}", "must be a positive whole number")
+            limits[limit] = value
+        keys.append(
+            ClientKey(
+                name,
+                auth.digest(secret),
+                None if models is None else auth.patterns(models),
+                limits["rpm"],
+                limits["tpm"],
+                tuple(models or ()),
+            )
+        )
+    return keys
+
+
 def _router_settings(raw: Mapping[str, Any], warnings: list[str]) -> RouterSettings:
     values: dict[str, Any] = {}
     for key, value in raw.items():
@@ -441,6 +508,9 @@ def _server_settings(raw: Mapping[str, Any]) -> ServerSettings:
         "drain_timeout": (int, float),
         "access_log": (bool,),
         "reload_interval": (int, float),
+        "max_connections": (int,),
+        "max_in_flight": (int,),
+        "body_timeout": (int, float),
     }
     for key, value in raw.items():
         path = f"sidecar_settings.{key}"
@@ -453,8 +523,11 @@ def _server_settings(raw: Mapping[str, Any]) -> ServerSettings:
         ):
             raise ConfigError(path, f"must be {types[key][0].__name__}")
         values[key] = value
-    if values.get("reload_interval", 0) < 0:
-        raise ConfigError("sidecar_settings.reload_interval", "must not be negative")
+    for name in ("reload_interval", "max_connections", "max_in_flight"):
+        if values.get(name, 0) < 0:
+            raise ConfigError(f"sidecar_settings.{name}", "must not be negative")
+    if "body_timeout" in values:
+        values["body_timeout"] = _seconds(values["body_timeout"], "sidecar_settings.body_timeout")
     if not 0 <= values.get("port", 0) <= 65535:
         raise ConfigError("sidecar_settings.port", "must be 0..65535")
     if values.get("workers", 1) < 1:

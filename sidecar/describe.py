@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-
+from sidecar import auth
 from sidecar.config import Config
 from sidecar.routes import Endpoint
 
-
-def fingerprint(secret: str) -> str:
-    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:8]
+_KEY_HEADERS = ("authorization", "api-key")
 
 
 def describe(config: Config) -> str:
@@ -19,11 +16,15 @@ def describe(config: Config) -> str:
             target = "mock_response"
         else:
             target = " ".join(str(d.urls[e]) for e in Endpoint if e in d.urls)
-        auth = next(
-            (v for k, v in d.headers.items() if k.lower() in ("authorization", "api-key")), None
-        )
-        key = fingerprint(auth.removeprefix("Bearer ")) if auth else "no key"
+        sent = next((v for k, v in d.headers.items() if k.lower() in _KEY_HEADERS), None)
+        key = auth.fingerprint(auth.digest(sent.removeprefix("Bearer "))) if sent else "no key"
         lines.append(f"  {d.group} -> {d.provider}/{d.model} [{d.id}] {target} ({key})")
-    master = fingerprint(config.master_key) if config.master_key else "none (open)"
-    lines.append(f"master_key: {master}")
+    if not config.keys:
+        lines.append("keys: none (open to every caller)")
+    for client in config.keys:
+        models = "all models" if client.models is None else "models " + ", ".join(client.names)
+        limits = [f"{n} {v}" for n, v in (("rpm", client.rpm), ("tpm", client.tpm)) if v]
+        lines.append(
+            f"key {client.name}: {auth.fingerprint(client.digest)}, " + ", ".join([models, *limits])
+        )
     return "\n".join(lines)

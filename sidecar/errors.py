@@ -7,6 +7,7 @@ Messages never contain a key: callers pass only names and public facts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import orjson
@@ -68,6 +69,27 @@ def unauthorized() -> GatewayError:
         "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
         AUTHENTICATION,
         "invalid_api_key",
+    )
+
+
+def model_not_allowed(model: str, key: str) -> GatewayError:
+    return GatewayError(
+        403,
+        f"The key '{key}' may not use the model '{model}'.",
+        PERMISSION,
+        "model_not_allowed",
+        "model",
+    )
+
+
+def rate_limited(key: str, what: str, retry_after: float) -> GatewayError:
+    wait = max(1, math.ceil(retry_after))
+    return GatewayError(
+        429,
+        f"The key '{key}' is over its {what} limit; retry in {wait}s.",
+        RATE_LIMIT,
+        "rate_limit_exceeded",
+        headers={"Retry-After": str(wait)},
     )
 
 
@@ -145,6 +167,15 @@ def upstream_not_json(status: int, body: bytes, deployment: str) -> GatewayError
         "upstream_error",
         headers={DEPLOYMENT_HEADER: deployment},
     )
+
+
+def busy_body() -> bytes:
+    return GatewayError(
+        503,
+        "The gateway holds as many connections as it may; retry shortly.",
+        UNAVAILABLE,
+        "overloaded",
+    ).body()
 
 
 def internal() -> GatewayError:

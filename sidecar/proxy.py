@@ -30,6 +30,7 @@ from sidecar.headers import (
     client_headers,
     reply_headers,
 )
+from sidecar.limits import KeyLimits
 from sidecar.metrics import UNKNOWN, Metrics
 from sidecar.router import RATE_LIMIT as RATE_LIMIT_CAUSE
 from sidecar.router import Blocked, Router
@@ -38,6 +39,8 @@ from sidecar.table import Group, Match, Table
 from sidecar.upstream import Exchange, Pool, UpstreamError
 
 log = logging.getLogger("sidecar")
+
+KEYED = MODEL_ENDPOINTS | {Endpoint.MODELS, Endpoint.MODEL}  # behind the keys, when there are
 
 CLIENT_GONE = 499
 BACKOFF = 0.05  # seconds before the first retry; doubled for each next one, with jitter
@@ -53,7 +56,7 @@ class State:
 
     config: Config
     table: Table
-    key_digest: bytes | None
+    keys: auth.KeyRing
     models_body: bytes
     created: int
     owners: dict[str, str]  # model group -> the provider of its first deployment
@@ -70,8 +73,18 @@ class State:
                 for name in table.names
             ],
         }
-        key = auth.digest(config.master_key) if config.master_key is not None else None
-        return cls(config, table, key, orjson.dumps(models), created, owners)
+        return cls(config, table, auth.KeyRing(config.keys), orjson.dumps(models), created, owners)
+
+    def models_for(self, key: auth.ClientKey) -> bytes:
+        """GET /v1/models as this key sees it: only what it may use."""
+        if key.models is None:
+            return self.models_body
+        data = [
+            {"id": name, "object": "model", "created": self.created, "owned_by": self.owners[name]}
+            for name in self.table.names
+            if key.allows(name)
+        ]
+        return orjson.dumps({"object": "list", "data": data})
 
     def fallbacks(self, group: str) -> list[Match]:
         """The groups to try, in order, once `group` is exhausted."""
@@ -95,6 +108,8 @@ class Outcome:
     """What the access log and metrics learn of one request as it goes."""
 
     request_id: str = ""
+    key: str = ""  # the name of the caller's key
+    tokens: int = 0  # the request's tokens: estimated, then as the upstream counted them
     model: str = UNKNOWN
     deployment: str = ""
     attempts: int = 0
@@ -113,6 +128,7 @@ class Gateway:
         self.access_log = access_log or AccessLog(enabled=False)
         self.draining = False
         self.router = Router(config.router)
+        self.limits = KeyLimits()
         self.reload(config)
 
     def reload(self, config: Config) -> None:
@@ -182,6 +198,7 @@ class Gateway:
         self.access_log.record(
             {
                 "request_id": outcome.request_id,
+                "key": outcome.key or None,
                 "method": request.method,
                 "path": path,
                 "model": outcome.model or None,
@@ -200,19 +217,17 @@ class Gateway:
         self, request: BaseRequest, endpoint: Endpoint, outcome: Outcome
     ) -> web.StreamResponse:
         state = self.state
-        if endpoint in MODEL_ENDPOINTS:
-            if not auth.allowed(request.headers, state.key_digest):
+        if endpoint in KEYED:
+            key = state.keys.identify(request.headers)
+            if key is None:
                 raise errors.unauthorized()
-            return await self._forward(request, endpoint, state, outcome)
-        if endpoint is Endpoint.MODELS:
-            if not auth.allowed(request.headers, state.key_digest):
-                raise errors.unauthorized()
-            return web.Response(body=state.models_body, content_type="application/json")
-        if endpoint is Endpoint.MODEL:
-            if not auth.allowed(request.headers, state.key_digest):
-                raise errors.unauthorized()
+            outcome.key = key.name
+            if endpoint in MODEL_ENDPOINTS:
+                return await self._forward(request, endpoint, state, outcome, key)
+            if endpoint is Endpoint.MODELS:
+                return web.Response(body=state.models_for(key), content_type="application/json")
             name = unquote(model_id(request.raw_path.partition("?")[0]))
-            found = state.model_object(name)
+            found = state.model_object(name) if key.allows(name) else None
             if found is None:
                 raise errors.model_not_found(name)
             return web.Response(body=found, content_type="application/json")
@@ -227,7 +242,12 @@ class Gateway:
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def _forward(
-        self, request: BaseRequest, endpoint: Endpoint, state: State, outcome: Outcome
+        self,
+        request: BaseRequest,
+        endpoint: Endpoint,
+        state: State,
+        outcome: Outcome,
+        key: auth.ClientKey,
     ) -> web.StreamResponse:
         limit = state.config.server.max_request_bytes
         if limit and request.content_length is not None and request.content_length > limit:
@@ -235,7 +255,12 @@ class Gateway:
         if request.headers.get("Expect", "").lower() == "100-continue":
             _continue(request)
         try:
-            raw = await request.read()
+            async with asyncio.timeout(state.config.server.body_timeout):
+                raw = await request.read()
+        except TimeoutError:
+            raise errors.GatewayError(
+                408, "The request body took too long to arrive.", code="body_timeout"
+            ) from None
         except HttpProcessingError:
             # Broken chunked framing or a short body; the exception's text may quote the bytes.
             raise errors.bad_request(
@@ -246,15 +271,32 @@ class Gateway:
         found = state.table.lookup(model)
         if found is None:
             raise errors.model_not_found(model)
+        if not key.allows(model):
+            raise errors.model_not_allowed(model, key.name)
         outcome.model = found.group.name
-        return await self._attempts(request, endpoint, body, len(raw), found, state, outcome)
+        busy = state.config.server.max_in_flight
+        if busy and self.metrics.in_flight > busy:
+            raise errors.GatewayError(
+                503,
+                "The gateway is serving as many requests as it may; retry shortly.",
+                errors.UNAVAILABLE,
+                "overloaded",
+                headers={"Retry-After": "1"},
+            )
+        estimate = len(raw) // 4  # tokens, until the reply's usage says
+        self.limits.admit(key, estimate)
+        outcome.tokens = estimate
+        try:
+            return await self._attempts(request, endpoint, body, estimate, found, state, outcome)
+        finally:
+            self.limits.used(key, outcome.tokens - estimate)
 
     async def _attempts(
         self,
         request: BaseRequest,
         endpoint: Endpoint,
         body: dict[str, Any],
-        size: int,
+        tokens: int,
         found: Match,
         state: State,
         outcome: Outcome,
@@ -318,7 +360,7 @@ class Gateway:
                     ATTEMPTS_HEADER: str(outcome.attempts),
                     REQUEST_ID_HEADER: outcome.request_id,
                 }
-                router.started(deployment, size // 4)
+                router.started(deployment, tokens)
                 sent = loop.time()
                 try:
                     exchange = await self.pool.request(
@@ -366,6 +408,8 @@ class Gateway:
                         counted = usage.tokens(exchange.before_last, exchange.last)
                         if counted is not None:
                             self.metrics.usage(group.name, *counted)
+                            router.used(deployment, sum(counted) - tokens)
+                            outcome.tokens = sum(counted)
         assert last is not None
         return last.response(outcome.attempts)
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from sidecar.config import RouterSettings
 from sidecar.deployment import Deployment
 from sidecar.table import Group
+from sidecar.window import Window
 
 FAIL_WINDOW = 60.0  # seconds over which allowed_fails are counted (LiteLLM: per minute)
-LIMIT_WINDOW = 60.0  # rpm and tpm are per minute
 EXPLORE = 0.1  # latency-based routing tries a random deployment this often, to keep learning
 TTFB_WEIGHT = 0.3  # weight of the newest sample in the time-to-first-byte average
 
@@ -36,24 +36,7 @@ class Health:
     cooling_until: float = 0.0
     cooling_cause: str = ""
     ttfb: float | None = None  # smoothed seconds to the reply's head; None before a sample
-    window_start: float = 0.0  # rpm/tpm: a sliding minute, estimated from two fixed ones
-    requests: int = 0
-    tokens: int = 0
-    last_requests: int = 0
-    last_tokens: int = 0
-
-    def roll(self, now: float) -> float:
-        """Move the minute windows to `now`; the share of the last minute still in the window."""
-        elapsed = now - self.window_start
-        if elapsed >= LIMIT_WINDOW:
-            if elapsed >= 2 * LIMIT_WINDOW:
-                self.last_requests = self.last_tokens = 0
-            else:
-                self.last_requests, self.last_tokens = self.requests, self.tokens
-            self.requests = self.tokens = 0
-            self.window_start = now - (elapsed % LIMIT_WINDOW)
-            elapsed = now - self.window_start
-        return 1.0 - elapsed / LIMIT_WINDOW
+    usage: Window = field(default_factory=Window)  # for rpm/tpm limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +62,7 @@ class Router:
     def of(self, deployment: Deployment) -> Health:
         health = self.health.get(deployment.id)
         if health is None:
-            health = self.health[deployment.id] = Health(window_start=self.clock())
+            health = self.health[deployment.id] = Health(usage=Window(start=self.clock()))
         return health
 
     # Availability.
@@ -87,10 +70,7 @@ class Router:
     def _limited(self, d: Deployment, health: Health, now: float) -> bool:
         if not self.settings.enable_pre_call_checks or (d.rpm is None and d.tpm is None):
             return False
-        share = health.roll(now)
-        if d.rpm is not None and health.requests + health.last_requests * share >= d.rpm:
-            return True
-        return d.tpm is not None and health.tokens + health.last_tokens * share >= d.tpm
+        return health.usage.full(now, d.rpm, d.tpm)
 
     def available(self, d: Deployment, now: float) -> bool:
         health = self.of(d)
@@ -174,7 +154,7 @@ class Router:
                 waits.append(health.cooling_until - now)
                 limited += health.cooling_cause == RATE_LIMIT
             elif self._limited(d, health, now):
-                waits.append(LIMIT_WINDOW - (now - health.window_start))
+                waits.append(health.usage.wait(now))
                 limited += 1
         status = 429 if waits and limited == len(waits) else 503
         return Blocked(status, min(waits) if waits else 1.0)
@@ -185,9 +165,12 @@ class Router:
         health = self.of(d)
         health.in_flight += 1
         if self.settings.enable_pre_call_checks:
-            health.roll(self.clock())
-            health.requests += 1
-            health.tokens += tokens
+            health.usage.add(self.clock(), 1, tokens)
+
+    def used(self, d: Deployment, tokens: int) -> None:
+        """Correct the tokens counted for a call once its reply says how many it took."""
+        if self.settings.enable_pre_call_checks:
+            self.of(d).usage.add(self.clock(), 0, tokens)
 
     def finished(self, d: Deployment) -> None:
         self.of(d).in_flight -= 1

@@ -10,6 +10,7 @@ import resource
 import signal
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -69,9 +70,35 @@ class _Handler(RequestHandler):
         return response
 
 
+# What a connection over sidecar_settings.max_connections gets before it is closed.
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
+) % (
+    len(errors.busy_body()),
+    errors.busy_body(),
+)
+
+
 class _Server(web.Server):
+    def __init__(self, *args: Any, max_connections: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_connections = max_connections
+        self.open = 0
+
     def __call__(self) -> RequestHandler:
         return _Handler(self, loop=self._loop, **self._kwargs)
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self.open += 1
+        if self.max_connections and self.open > self.max_connections:
+            transport.write(_BUSY)
+            transport.close()
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        self.open -= 1
 
 
 @dataclass
@@ -119,6 +146,7 @@ async def start(
         handler_cancellation=True,
         access_log=None,
         keepalive_timeout=KEEPALIVE_TIMEOUT,
+        max_connections=config.server.max_connections,
     )
     runner = web.ServerRunner(server, shutdown_timeout=config.server.drain_timeout)
     await runner.setup()

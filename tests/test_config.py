@@ -76,7 +76,8 @@ def load(
 def test_yaml_and_toml_mean_the_same(tmp_path: Path) -> None:
     a, b = load(tmp_path, YAML), load(tmp_path, TOML, ".toml")
     assert a.deployments == b.deployments
-    assert (a.master_key, a.server, a.router) == (b.master_key, b.server, b.router)
+    assert (a.keys, a.server, a.router) == (b.keys, b.server, b.router)
+    assert [k.name for k in a.keys] == ["master"]
     mistral, gpt = a.deployments
     assert mistral.id == "vllm-a"
     assert str(mistral.urls[Endpoint.CHAT]) == "http://vllm:8000/v1/chat/completions"

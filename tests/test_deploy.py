@@ -82,7 +82,7 @@ def test_the_carried_config_loads(path: Path, tmp_path: Path) -> None:
     file = tmp_path / "config.yaml"
     file.write_text(config_map["data"]["config.yaml"])
     loaded = configs.load(file, environ=secret["stringData"])
-    assert loaded.deployments and loaded.master_key
+    assert loaded.deployments and loaded.keys
 
 
 def test_dockerfile_final_stage() -> None:

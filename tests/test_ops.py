@@ -80,10 +80,13 @@ async def test_access_log_lines(tmp_path: Path, upstream: FakeUpstream) -> None:
                 f"http://127.0.0.1:{port}/v1/chat/completions", json={**CHAT, "model": "nope"}
             ) as r:
                 assert r.status == 404
-        async with aiohttp.ClientSession() as http, http.get(
-            f"http://127.0.0.1:{port}/v1/models",
-            headers={"Authorization": "Bearer wrong-SECRET"},
-        ) as r:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                f"http://127.0.0.1:{port}/v1/models",
+                headers={"Authorization": "Bearer wrong-SECRET"},
+            ) as r,
+        ):
             assert r.status == 401
     finally:
         code, out, err = stop(proc)
@@ -243,9 +246,12 @@ async def test_sigterm_lets_a_stream_finish(tmp_path: Path, upstream: FakeUpstre
     config.write_text(vllm(upstream))
     proc, port = start(config)
     await wait_ready(port)
-    async with aiohttp.ClientSession() as http, http.post(
-        f"http://127.0.0.1:{port}/v1/chat/completions", json={**CHAT, "stream": True}
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions", json={**CHAT, "stream": True}
+        ) as r,
+    ):
         first = await r.content.readuntil(b"\n\n")
         proc.send_signal(signal.SIGTERM)  # mid-stream
         rest = await asyncio.wait_for(r.read(), 10)

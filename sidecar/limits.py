@@ -1,0 +1,39 @@
+"""Per-key rpm and tpm limits over a sliding minute: O(1) a request, no lock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from sidecar import errors
+from sidecar.auth import ClientKey
+from sidecar.window import Window
+
+
+class KeyLimits:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.windows: dict[str, Window] = {}  # by key name: survives reloads
+
+    def admit(self, key: ClientKey, tokens: int) -> None:
+        """Count a request of `tokens` (an estimate) against the key, or raise its 429."""
+        if key.rpm is None and key.tpm is None:
+            return
+        now = self.clock()
+        window = self.windows.get(key.name)
+        if window is None:
+            window = self.windows[key.name] = Window(start=now)
+        if window.full(now, key.rpm, key.tpm):
+            what = (
+                "requests-per-minute"
+                if key.rpm is not None and window.full(now, key.rpm, None)
+                else "tokens-per-minute"
+            )
+            raise errors.rate_limited(key.name, what, window.wait(now))
+        window.add(now, 1, tokens)
+
+    def used(self, key: ClientKey, correction: int) -> None:
+        """Replace the estimate by what the upstream counted, once it has."""
+        window = self.windows.get(key.name)
+        if window is not None and correction:
+            window.add(self.clock(), 0, correction)
