@@ -16,7 +16,8 @@ from multidict import CIMultiDictProxy
 
 
 def digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
+    # surrogateescape: header bytes that are not UTF-8 reach us escaped, and must hash, not fail.
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
 def fingerprint(key_digest: bytes) -> str:

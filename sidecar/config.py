@@ -160,6 +160,9 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     except ConfigError as exc:
         exc.file = name
         raise
+    except (ValueError, TypeError, AttributeError) as exc:
+        # A value no check above anticipated: still one line naming the file, not a traceback.
+        raise ConfigError("", f"invalid: {exc}", name) from None
 
 
 def _read(path: Path) -> Any:

@@ -84,16 +84,16 @@ class Deployment:
     weight: float | None = None
     max_retries: int | None = None  # this deployment's group retries; None: router_settings'
 
-    def head(self, endpoint: Endpoint, model: str) -> bytes | None:
-        """The request head for an endpoint, with the model in its path where it goes there;
-        ValueError for a name that cannot stand in a path."""
+    def head(self, endpoint: Endpoint, wildcard: str | None) -> bytes | None:
+        """The request head for an endpoint, with what a pattern's '*' matched filled into the
+        path where the model name stands there; ValueError for text that cannot stand in a path."""
         head = self.heads.get(endpoint)
         slot = self.model_slots.get(endpoint)
-        if head is None or slot is None:
+        if head is None or slot is None or wildcard is None:
             return head
-        if not _PATH_NAME.fullmatch(model):
-            raise ValueError(model)
-        return head[:slot] + model.encode() + head[slot + len(WILDCARD_IN_PATH) :]
+        if not _PATH_NAME.fullmatch(wildcard):
+            raise ValueError(wildcard)
+        return head[:slot] + wildcard.encode() + head[slot + len(WILDCARD_IN_PATH) :]
 
     def upstream_model(self, wildcard: str | None) -> str:
         if wildcard is None or "*" not in self.model:

@@ -139,6 +139,7 @@ def upstream_failure(exc: UpstreamError, deployment: str) -> GatewayError:
         )
     reason = {
         "connect": "connection refused or unreachable",
+        "tls": "the TLS handshake failed (is its certificate trusted?)",
         "closed": "it closed the connection before replying",
         "protocol": "its reply was not valid HTTP/1.1",
     }.get(exc.kind, exc.kind)

@@ -35,9 +35,8 @@ REQUEST_ID_HEADER = "x-request-id"  # the client's, or made here; sent upstream 
 # ingress in front (X-Accel-Buffering is nginx's per-response switch).
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
-# What of the client's request may go upstream: only what it accepts back. Never its
-# Authorization, api-key, cookies or proxy headers.
-_FORWARDED = ("Accept", "Accept-Encoding")
+# What of the client's request may go upstream is only what it accepts back (client_headers),
+# never its Authorization, api-key, cookies or proxy headers.
 
 
 def request_head(method: str, target: str, authority: str, fixed: Mapping[str, str]) -> bytes:
@@ -49,17 +48,25 @@ def request_head(method: str, target: str, authority: str, fixed: Mapping[str, s
     return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
 
-def client_headers(client: CIMultiDictProxy[str]) -> bytes:
-    """The per-request header lines taken from the client. The reply is relayed undecoded, so
-    the upstream may compress only if the client said it can decompress."""
-    out = b""
-    for name in _FORWARDED:
-        value = client.get(name)
-        if value is not None and "\r" not in value and "\n" not in value:
-            out += f"{name}: {value}\r\n".encode("latin-1", "replace")
-        elif name == "Accept-Encoding":
-            out += b"Accept-Encoding: identity\r\n"
-    return out
+IDENTITY = b"Accept-Encoding: identity\r\n"
+
+
+def client_headers(client: CIMultiDictProxy[str]) -> tuple[bytes, bytes]:
+    """The per-request header lines taken from the client: its Accept, and its Accept-Encoding.
+    A relayed reply is not decoded, so the upstream may compress only if the client said it can
+    decompress; a reply the gateway must translate is asked for uncompressed (IDENTITY)."""
+    accept = client.get("Accept")
+    encoding = client.get("Accept-Encoding")
+    return (
+        f"Accept: {accept}\r\n".encode("latin-1", "replace") if _clean(accept) else b"",
+        f"Accept-Encoding: {encoding}\r\n".encode("latin-1", "replace")
+        if _clean(encoding)
+        else IDENTITY,
+    )
+
+
+def _clean(value: str | None) -> bool:
+    return value is not None and "\r" not in value and "\n" not in value and "\0" not in value
 
 
 def reply_headers(

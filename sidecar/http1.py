@@ -7,10 +7,27 @@ Bytes may arrive split anywhere; the parser keeps what it cannot use yet.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 MAX_HEAD = 64 * 1024  # bytes of status line and header fields an upstream may send
 MAX_CHUNK_LINE = 4096  # bytes of a chunk-size line, extensions included
+
+
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _head_end(data: bytes) -> tuple[int, int]:
+    """Where the head ends and the body starts: at the first empty line, its lines ended by
+    CRLF or, as RFC 9112 2.2 allows a recipient to accept, a bare LF; (-1, -1) when not yet."""
+    crlf = data.find(b"\n\r\n")
+    lf = data.find(b"\n\n")
+    if crlf < 0 and lf < 0:
+        return -1, -1
+    if lf < 0 or 0 <= crlf < lf:
+        end = crlf
+        return (end - 1 if data[end - 1 : end] == b"\r" else end), end + 3
+    return (lf - 1 if data[lf - 1 : lf] == b"\r" else lf), lf + 2
 
 
 class ProtocolError(Exception):
@@ -91,23 +108,23 @@ class ResponseParser:
                 self._state = _CHUNK_END
                 continue
             if state == _HEAD:
-                end = data.find(b"\r\n\r\n")
+                end, after = _head_end(data)
                 if end < 0:
                     if len(data) > MAX_HEAD:
                         raise ProtocolError("reply head too large")
                     self._buffer = data
                     return
-                head, data = data[:end], data[end + 4 :]
+                head, data = data[:end], data[after:]
                 self._parse_head(head)
                 continue
             if state == _CHUNK_SIZE:
-                end = data.find(b"\r\n")
+                end = data.find(b"\n")
                 if end < 0:
                     if len(data) > MAX_CHUNK_LINE:
                         raise ProtocolError("chunk size line too long")
                     self._buffer = data
                     return
-                line, data = data[:end], data[end + 2 :]
+                line, data = data[:end].rstrip(b"\r"), data[end + 1 :]
                 size_text = line.split(b";", 1)[0].strip()
                 try:
                     size = int(size_text, 16)
@@ -122,22 +139,25 @@ class ResponseParser:
                     self._state = _CHUNK_DATA
                 continue
             if state == _CHUNK_END:
-                if len(data) < 2:
+                if data[:1] == b"\n":
+                    data = data[1:]
+                elif len(data) < 2:
                     self._buffer = data
                     return
-                if data[:2] != b"\r\n":
+                elif data[:2] == b"\r\n":
+                    data = data[2:]
+                else:
                     raise ProtocolError("chunk not followed by CRLF")
-                data = data[2:]
                 self._state = _CHUNK_SIZE
                 continue
             if state == _TRAILERS:
-                end = data.find(b"\r\n")
+                end = data.find(b"\n")
                 if end < 0:
                     if len(data) > MAX_HEAD:
                         raise ProtocolError("trailers too large")
                     self._buffer = data
                     return
-                line, data = data[:end], data[end + 2 :]
+                line, data = data[:end].rstrip(b"\r"), data[end + 1 :]
                 if not line:  # the empty line that ends the trailer section
                     self._finish()
                     if data:
@@ -158,7 +178,7 @@ class ResponseParser:
         self.on_end()
 
     def _parse_head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
+        lines = [line.rstrip(b"\r") for line in head.split(b"\n")]
         status_line = lines[0]
         if not status_line.startswith(b"HTTP/1."):
             raise ProtocolError("not an HTTP/1.x reply")
@@ -176,16 +196,18 @@ class ResponseParser:
             name, sep, value = raw.partition(b":")
             if not sep or not name or name != name.strip() or name[:1] in b" \t":
                 raise ProtocolError("bad header line")
+            if _CONTROL.search(raw):
+                # A CR, LF or NUL inside a field could not be passed on safely (RFC 9110 5.5).
+                raise ProtocolError("control character in a header field")
             text_name = name.decode("latin-1")
             text_value = value.strip(b" \t").decode("latin-1")
             headers.append((text_name, text_value))
             low = text_name.lower()
             if low == "content-length":
-                try:
-                    new = int(text_value)
-                except ValueError:
-                    raise ProtocolError("bad Content-Length") from None
-                if new < 0 or (length is not None and new != length):
+                if not (text_value.isascii() and text_value.isdigit()):
+                    raise ProtocolError("bad Content-Length")
+                new = int(text_value)
+                if length is not None and new != length:
                     raise ProtocolError("bad Content-Length")
                 length = new
             elif low == "transfer-encoding":

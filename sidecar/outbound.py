@@ -12,6 +12,7 @@ from typing import Any
 from sidecar import errors
 from sidecar import request as requests
 from sidecar.deployment import Deployment
+from sidecar.headers import IDENTITY
 from sidecar.providers import translate
 from sidecar.routes import Endpoint
 
@@ -22,13 +23,16 @@ def build(
     deployment: Deployment,
     endpoint: Endpoint,
     body: dict[str, Any],
-    model: str,
+    wildcard: str | None,
     client: bytes,
+    encoding: bytes,
 ) -> tuple[tuple[bytes, ...], translate.TextToChat | None]:
-    """(the request's pieces, the reply's translation) for `deployment`, asked for `model`
-    upstream; `client` holds the header lines taken from the client."""
+    """(the request's pieces, the reply's translation) for `deployment`; `wildcard` is what a
+    pattern group's '*' matched, `client` and `encoding` the header lines taken from the client
+    (encoding is replaced by identity when the reply must be translated: it is parsed here)."""
+    model = deployment.upstream_model(wildcard)
     try:
-        head = deployment.head(endpoint, model)
+        head = deployment.head(endpoint, wildcard)
     except ValueError:
         raise errors.bad_request(
             f"The model name '{body['model']}' cannot name a deployment of this upstream: use "
@@ -51,5 +55,7 @@ def build(
             body = translate.chat_to_text_request(body)
             defaults = deployment.defaults[Endpoint.COMPLETIONS]
             translation = TEXT_TO_CHAT
+            encoding = IDENTITY
     payload = requests.upstream_body(body, model, defaults)
-    return (head, client, b"Content-Length: %d\r\n\r\n" % len(payload), payload), translation
+    length = b"Content-Length: %d\r\n\r\n" % len(payload)
+    return (head, client, encoding, length, payload), translation

@@ -311,9 +311,8 @@ class Gateway:
         router = self.router
         settings = state.config.router
         chain = [found, *state.fallbacks(found.group.name)]
-        client = client_headers(request.headers) + b"X-Request-Id: %s\r\n" % (
-            outcome.request_id.encode()
-        )
+        accept, encoding = client_headers(request.headers)
+        client = accept + b"X-Request-Id: %s\r\n" % outcome.request_id.encode()
         loop = self.pool.loop
         outcome.stream = body.get("stream") is True
         last: Failure | None = None
@@ -352,7 +351,7 @@ class Gateway:
                 if deployment.mock_response is not None:
                     return await _mock(request, endpoint, body, deployment, upstream_model, outcome)
                 data, translation = outbound.build(
-                    deployment, endpoint, body, upstream_model, client
+                    deployment, endpoint, body, link.wildcard, client, encoding
                 )
                 assert deployment.origin is not None
                 named = {
@@ -403,7 +402,10 @@ class Gateway:
                     self.metrics.streams_in_flight -= streaming
                     router.finished(deployment)
                     if exchange.error is not None:
-                        self.metrics.upstream_error(deployment.id, "mid_reply")
+                        kind = exchange.error.kind
+                        self.metrics.upstream_error(
+                            deployment.id, kind if kind == "timeout" else "mid_reply"
+                        )
                     elif status < 400:
                         counted = usage.tokens(exchange.before_last, exchange.last)
                         if counted is not None:

@@ -23,6 +23,8 @@ KEEPALIVE_SECONDS = 60.0  # an idle pooled connection is closed after this
 WATCH_INTERVAL = 0.1  # seconds between checks for silent upstreams: timeouts fire this late at most
 MAX_IDLE_PER_ORIGIN = 256  # idle connections kept per upstream; more are closed when released
 HIGH_WATER = 256 * 1024  # buffered reply bytes that pause reading from the upstream
+MAX_BODY = 64 * 1024 * 1024  # a reply read whole (not streamed) may be this large at most
+STALE_WINDOW = 0.25  # seconds: a pooled connection closed this soon after a send was stale
 LOW_WATER = 64 * 1024  # ... and resume it
 
 
@@ -31,7 +33,7 @@ class UpstreamError(Exception):
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(detail)
-        self.kind = kind  # "connect", "timeout", "closed" or "protocol"
+        self.kind = kind  # "connect", "tls", "timeout", "closed" or "protocol"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +103,13 @@ class Exchange:
     __slots__ = (
         "_buffered",
         "_chunks",
+        "_collect",
         "_error",
         "_last_read",
         "_loop",
         "_parser",
         "_paused",
+        "_sent_at",
         "_waiter",
         "before_last",
         "conn",
@@ -129,6 +133,8 @@ class Exchange:
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._paused = False
+        self._collect = False  # read_all: the whole body is wanted, so reading never pauses
+        self._sent_at = 0.0
         self._waiter: asyncio.Future[None] | None = None
         self._error: UpstreamError | None = None
         self.ended = False
@@ -166,7 +172,12 @@ class Exchange:
     def _on_body(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
-        if self._buffered > HIGH_WATER and not self._paused:
+        if self._collect:
+            if self._buffered > MAX_BODY:
+                self._fail(UpstreamError("protocol", f"reply body over {MAX_BODY} bytes"))
+                self.conn.close()
+                return
+        elif self._buffered > HIGH_WATER and not self._paused:
             self._paused = True
             self.conn.pause_reading()
         self._wake()
@@ -176,6 +187,9 @@ class Exchange:
         self._cancel_deadline()
         conn = self.conn
         conn.exchange = None
+        if self._paused:  # a connection goes back to the pool reading
+            self._paused = False
+            conn.resume_reading()
         if self._parser.keep_alive and not conn.closed:
             conn.pool.release(conn)
         else:
@@ -196,7 +210,9 @@ class Exchange:
                 waiter.set_result(None)
 
     def silent_for(self, now: float) -> float:
-        return now - self._last_read
+        """Seconds the upstream has been silent; never while we hold it back ourselves (reading
+        paused because the client is slower): that silence is ours, not the upstream's."""
+        return 0.0 if self._paused else now - self._last_read
 
     def expire(self) -> None:
         """Called by the pool's watch when the upstream has been silent too long."""
@@ -231,7 +247,12 @@ class Exchange:
         return self._error
 
     async def read_all(self, limit: int | None = None) -> bytes:
-        """The whole body (for replies with a known length), or its first `limit` bytes."""
+        """The whole body (up to MAX_BODY), or its first `limit` bytes."""
+        self._collect = True
+        if self._paused:
+            self._paused = False
+            self._last_read = self._loop.time()
+            self.conn.resume_reading()
         while not self.ended:
             if self._error is not None:
                 raise self._error
@@ -254,6 +275,7 @@ class Exchange:
                 self._buffered = 0
                 if self._paused:
                     self._paused = False
+                    self._last_read = self._loop.time()
                     self.conn.resume_reading()
                 self.before_last, self.last = self.last, data
                 return data
@@ -309,11 +331,16 @@ class Pool:
             conn.exchange = exchange
             assert conn.transport is not None
             conn.transport.writelines(data)
+            sent = self.loop.time()
             try:
                 await exchange.head()
             except UpstreamError as exc:
                 exchange.close()
-                if not fresh and exc.kind == "closed" and not exchange.got_bytes:
+                # A keep-alive connection the upstream had closed while it sat idle fails at
+                # once, before the upstream could have read the request: sending it again on a
+                # new connection is safe. A later failure may follow work done: it is not.
+                stale = exc.kind == "closed" and not exchange.got_bytes
+                if not fresh and stale and self.loop.time() - sent < STALE_WINDOW:
                     continue
                 raise
             except BaseException:
@@ -358,7 +385,9 @@ class Pool:
                 )
         except TimeoutError:
             raise UpstreamError("timeout", "connecting timed out") from None
-        except (OSError, ssl.SSLError) as exc:
+        except ssl.SSLError as exc:
+            raise UpstreamError("tls", type(exc).__name__) from None
+        except OSError as exc:
             raise UpstreamError("connect", type(exc).__name__) from None
         return conn
 

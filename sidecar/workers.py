@@ -72,6 +72,9 @@ def supervise(count: int, config: Config, run: Callable[[Config], None]) -> int:
             except ConfigError as exc:
                 log.error("reload refused, keeping the current table: %s", exc)
                 return
+            except Exception:  # the supervisor must outlive any bad file
+                log.exception("reload refused, keeping the current table")
+                return
             forward(signal.SIGHUP)
             return
         stopping = True

@@ -48,6 +48,9 @@ INTERIM = b"HTTP/1.1 100 Continue\r\n\r\n" + LENGTH
         (b"HTTP/1.1 204 No Content\r\n\r\n", 204, b"", True),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", 200, b"", False),
         (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", 200, b"ok", False),
+        # Bare LF line endings, which RFC 9112 2.2 lets a recipient accept.
+        (b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", 200, b"ok", True),
+        (b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n2\nok\n0\n\n", 200, b"ok", True),
     ],
 )
 def test_every_split_point(reply: bytes, status: int, body: bytes, keep_alive: bool) -> None:
@@ -100,6 +103,10 @@ def test_length_is_reported() -> None:
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXY",
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nab",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1_0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Evil: a\rb\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Evil: a\x00b\r\n\r\n",
     ],
 )
 def test_not_http(reply: bytes) -> None:

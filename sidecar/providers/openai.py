@@ -23,8 +23,12 @@ ALL_ENDPOINTS = (Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS)
 
 def check_base(api_base: str, where: str) -> str:
     """api_base without its trailing slash, once it is a URL an upstream can be reached at."""
-    base = URL(api_base.rstrip("/"))
-    if base.scheme not in ("http", "https") or not base.host:
+    try:
+        base = URL(api_base.rstrip("/"))
+        port = base.port  # yarl checks the port only when asked
+    except ValueError:
+        raise ConfigError(f"{where}.api_base", "is not a valid URL") from None
+    if base.scheme not in ("http", "https") or not base.host or port is None:
         raise ConfigError(f"{where}.api_base", "must be an http:// or https:// URL with a host")
     if base.query_string or base.fragment:
         raise ConfigError(f"{where}.api_base", "must not carry a query or a fragment")

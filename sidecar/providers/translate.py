@@ -162,6 +162,12 @@ class TextToChatStream:
             return data
         if "error" in chunk:
             return data
+        try:
+            return self._translate(chunk)
+        except (AttributeError, TypeError, ValueError):
+            return data  # not the shape of a text completion chunk: passed on as it came
+
+    def _translate(self, chunk: dict[str, Any]) -> bytes:
         choices = []
         for choice in chunk.get("choices") or ():
             index = choice.get("index", 0)
@@ -242,7 +248,10 @@ class TextToChat:
             return body
         if not isinstance(obj, dict) or "choices" not in obj:
             return body
-        return orjson.dumps(text_to_chat_reply(obj))
+        try:
+            return orjson.dumps(text_to_chat_reply(obj))
+        except (AttributeError, TypeError, ValueError):
+            return body  # not the shape of a text completion: passed on as it came
 
     def stream(self) -> TextToChatStream:
         return TextToChatStream()
