@@ -1,0 +1,106 @@
+"""Client keys: who may call, which models, how often; keys never shown."""
+
+from __future__ import annotations
+
+import aiohttp
+import openai
+import pytest
+
+from tests.conftest import MakeSidecar
+from tests.fakes import FakeUpstream
+
+CHAT = [{"role": "user", "content": "hi"}]
+
+
+def table(upstream: FakeUpstream) -> str:
+    return f"""
+model_list:
+  - model_name: chat
+    litellm_params: {{model: hosted_vllm/chat, api_base: "{upstream.base}"}}
+  - model_name: "openai/*"
+    litellm_params: {{model: "hosted_vllm/*", api_base: "{upstream.base}"}}
+  - model_name: secret-model
+    litellm_params: {{model: hosted_vllm/s, api_base: "{upstream.base}"}}
+general_settings:
+  master_key: sk-master-0000
+sidecar_settings:
+  keys:
+    - name: team-a
+      key: os.environ/TEAM_A
+      models: [chat, "openai/*"]
+    - name: limited
+      key: sk-limited-0000
+      rpm: 2
+"""
+
+
+ENV = {"TEAM_A": "sk-team-a-0000"}
+
+
+async def test_keys_and_their_models(upstream: FakeUpstream, make_sidecar: MakeSidecar) -> None:
+    sidecar = await make_sidecar(table(upstream), env=ENV)
+    team = sidecar.openai("sk-team-a-0000")
+    await team.chat.completions.create(model="chat", messages=CHAT)  # type: ignore[arg-type]
+    await team.chat.completions.create(model="openai/gpt-4o", messages=CHAT)  # type: ignore[arg-type]
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        await team.chat.completions.create(model="secret-model", messages=CHAT)  # type: ignore[arg-type]
+    assert caught.value.code == "model_not_allowed"
+    assert [m.id for m in (await team.models.list()).data] == ["chat", "openai/*"]
+    with pytest.raises(openai.NotFoundError):
+        await team.models.retrieve("secret-model")  # what a key may not use, it does not see
+    master = sidecar.openai("sk-master-0000")
+    await master.chat.completions.create(model="secret-model", messages=CHAT)  # type: ignore[arg-type]
+    assert len((await master.models.list()).data) == 3
+    with pytest.raises(openai.AuthenticationError):
+        await sidecar.openai("sk-team-a-0001").models.list()
+    assert len(upstream.received) == 3
+    for got in upstream.received:
+        assert "Authorization" not in got.headers  # no client key goes upstream
+
+
+async def test_key_rate_limit(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    sidecar = await make_sidecar(table(upstream), env=ENV)
+    headers = {"Authorization": "Bearer sk-limited-0000"}
+    body = {"model": "chat", "messages": CHAT}
+    statuses = []
+    for _ in range(3):
+        async with http.post(sidecar.url + "/v1/chat/completions", json=body, headers=headers) as r:
+            statuses.append(r.status)
+            if r.status == 429:
+                assert 1 <= int(r.headers["Retry-After"]) <= 60
+                error = (await r.json())["error"]
+                assert error["code"] == "rate_limit_exceeded" and "limited" in error["message"]
+    assert statuses == [200, 200, 429]
+    assert len(upstream.received) == 2
+    # Another key is not held back by it.
+    async with http.post(
+        sidecar.url + "/v1/chat/completions",
+        json=body,
+        headers={"Authorization": "Bearer sk-master-0000"},
+    ) as r:
+        assert r.status == 200
+    async with http.get(sidecar.url + "/metrics") as r:
+        assert "sk-" not in await r.text()
+
+
+def test_check_shows_keys_only_as_fingerprints(tmp_path: object) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "k.yaml"
+    path.write_text(table(FakeUpstream(port=1)))
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar", "--config", str(path), "--check"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ENV},
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "sk-" not in done.stdout + done.stderr
+    assert "key team-a: sha256:" in done.stdout and "models chat, openai/*" in done.stdout
+    assert "key limited: sha256:" in done.stdout and "rpm 2" in done.stdout
