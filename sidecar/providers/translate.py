@@ -9,6 +9,7 @@ No I/O here: dicts and bytes in, dicts and bytes out.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -94,10 +95,17 @@ def messages_to_prompt(messages: list[dict[str, Any]]) -> str:
         text = text_of(message.get("content"), f"messages[{i}]")
         calls = message.get("tool_calls")
         if calls:
-            text = (text + "\n" if text else "") + orjson.dumps(calls).decode()
+            text = (text + "\n" if text else "") + _json(calls)
         lines.append(f"{label}: {text}")
     lines.append("assistant:")
     return "\n\n".join(lines)
+
+
+def _json(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # what orjson cannot write (integers past 64 bits)
+        return json.dumps(value, default=str)
 
 
 def chat_to_text_request(body: dict[str, Any]) -> dict[str, Any]:
