@@ -136,16 +136,21 @@ def text_to_chat_reply(reply: dict[str, Any]) -> dict[str, Any]:
                 "finish_reason": choice.get("finish_reason"),
             }
         )
+    return _envelope(reply, "chat.completion", choices)
+
+
+def _envelope(source: dict[str, Any], kind: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+    """A chat object around `choices`, with the text completion's id, time, model and usage."""
     out: dict[str, Any] = {
-        "id": _chat_id(reply.get("id")),
-        "object": "chat.completion",
-        "created": reply.get("created"),
-        "model": reply.get("model"),
+        "id": _chat_id(source.get("id")),
+        "object": kind,
+        "created": source.get("created"),
+        "model": source.get("model"),
         "choices": choices,
     }
     for key in ("usage", "system_fingerprint"):
-        if key in reply:
-            out[key] = reply[key]
+        if key in source:
+            out[key] = source[key]
     return out
 
 
@@ -190,17 +195,7 @@ class TextToChatStream:
             choices.append(
                 {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
             )
-        out: dict[str, Any] = {
-            "id": _chat_id(chunk.get("id")),
-            "object": "chat.completion.chunk",
-            "created": chunk.get("created"),
-            "model": chunk.get("model"),
-            "choices": choices,
-        }
-        for key in ("usage", "system_fingerprint"):
-            if key in chunk:
-                out[key] = chunk[key]
-        return orjson.dumps(out)
+        return orjson.dumps(_envelope(chunk, "chat.completion.chunk", choices))
 
 
 def fold_system_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
