@@ -9,6 +9,7 @@ import math
 import random
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -86,12 +87,17 @@ class State:
         ]
         return orjson.dumps({"object": "list", "data": data})
 
-    def fallbacks(self, group: str) -> list[Match]:
+    def fallback_names(self, group: str) -> tuple[str, ...]:
         """The groups to try, in order, once `group` is exhausted."""
         router = self.config.router
         names = router.fallbacks.get(group, router.default_fallbacks)
-        found = (self.table.lookup(name) for name in names if name != group)
-        return [m for m in found if m is not None]
+        return tuple(name for name in names if name != group)
+
+    def fallbacks(self, names: tuple[str, ...]) -> Iterator[Match]:
+        for name in names:
+            found = self.table.lookup(name)
+            if found is not None:
+                yield found
 
     def model_object(self, model: str) -> bytes | None:
         found = self.table.lookup(model)
@@ -255,8 +261,11 @@ class Gateway:
         if request.headers.get("Expect", "").lower() == "100-continue":
             _continue(request)
         try:
-            async with asyncio.timeout(state.config.server.body_timeout):
-                raw = await request.read()
+            if request.content.is_eof():
+                raw = await request.read()  # it all came with the head: nothing to wait for
+            else:
+                async with asyncio.timeout(state.config.server.body_timeout):
+                    raw = await request.read()
         except TimeoutError:
             raise errors.GatewayError(
                 408, "The request body took too long to arrive.", code="body_timeout"
@@ -310,7 +319,9 @@ class Gateway:
         """
         router = self.router
         settings = state.config.router
-        chain = [found, *state.fallbacks(found.group.name)]
+        # Fallback groups are looked up only once the first group is spent.
+        fallback_names = state.fallback_names(found.group.name)
+        chain = itertools.chain((found,), state.fallbacks(fallback_names))
         accept, encoding = client_headers(request.headers)
         client = accept + b"X-Request-Id: %s\r\n" % outcome.request_id.encode()
         loop = self.pool.loop
@@ -319,7 +330,7 @@ class Gateway:
         for position, link in enumerate(chain):
             group = link.group
             if position:
-                self.metrics.fallback(chain[0].group.name, group.name)
+                self.metrics.fallback(found.group.name, group.name)
             tried: set[str] = set()
             spent: set[str] = set()  # asked to wait longer than we would: not asked again
             budget: int | None = None
@@ -380,7 +391,7 @@ class Gateway:
                 if status == 429 or status >= 500:
                     self.metrics.upstream_error(deployment.id, f"status_{status}")
                     self._failed(deployment, RATE_LIMIT_CAUSE if status == 429 else "error", group)
-                more = budget > 0 or position + 1 < len(chain)
+                more = budget > 0 or position < len(fallback_names)
                 if (status == 429 or status >= 500) and more:
                     try:
                         reply = await exchange.read_all(pipe.ERROR_BODY_LIMIT)

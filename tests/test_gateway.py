@@ -201,3 +201,28 @@ async def test_extra_body_reaches_every_endpoint_as_given(
     await client.embeddings.create(model="mistral", input="x", extra_body={"priority": 1})
     assert upstream.last.json()["truncate_prompt_tokens"] == 100
     assert upstream.last.json()["priority"] == 1  # the client's own value wins
+
+
+async def test_reload_keeps_the_pooled_connections(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    from sidecar import config as configs
+
+    sidecar = await make_sidecar(vllm(upstream))
+    client = sidecar.openai()
+    await client.chat.completions.create(
+        model="mistral", messages=[{"role": "user", "content": "a"}]
+    )
+    path = Path(str(tmp_path)) / "new.yaml"
+    path.write_text(
+        vllm(upstream)
+        + "  - model_name: added\n    litellm_params: {model: openai/x, mock_response: hi}\n"
+    )
+    sidecar.running.gateway.reload(configs.load(path, environ={}))
+    assert [m.id for m in (await client.models.list()).data] == ["mistral", "added"]
+    await client.chat.completions.create(
+        model="mistral", messages=[{"role": "user", "content": "b"}]
+    )
+    assert len({got.peer for got in upstream.received}) == 1  # the same upstream connection

@@ -104,3 +104,74 @@ def test_check_shows_keys_only_as_fingerprints(tmp_path: object) -> None:
     assert "sk-" not in done.stdout + done.stderr
     assert "key team-a: sha256:" in done.stdout and "models chat, openai/*" in done.stdout
     assert "key limited: sha256:" in done.stdout and "rpm 2" in done.stdout
+
+
+async def test_slow_body_gets_408(upstream: FakeUpstream, make_sidecar: MakeSidecar) -> None:
+    import asyncio
+
+    sidecar = await make_sidecar(
+        f"model_list:\n  - model_name: chat\n    litellm_params: {{model: hosted_vllm/c, api_base: '{upstream.base}'}}\n"
+        "sidecar_settings:\n  body_timeout: 0.3\n"
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.running.port)
+    writer.write(
+        b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"mo'
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)  # the rest never comes
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 408")
+    assert upstream.received == []
+
+
+async def test_past_max_in_flight_is_503(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    release = asyncio.Event()
+
+    async def held(request: web.Request, got: object) -> web.Response:
+        await release.wait()
+        return web.json_response({"ok": True})
+
+    upstream.scripts["/v1/chat/completions"] = held
+    sidecar = await make_sidecar(
+        f"model_list:\n  - model_name: chat\n    litellm_params: {{model: hosted_vllm/c, api_base: '{upstream.base}'}}\n"
+        "sidecar_settings:\n  max_in_flight: 2\n"
+    )
+    body = {"model": "chat", "messages": CHAT}
+    first = [
+        asyncio.ensure_future(http.post(sidecar.url + "/v1/chat/completions", json=body))
+        for _ in range(2)
+    ]
+    while len(upstream.received) < 2:
+        await asyncio.sleep(0.01)
+    async with http.post(sidecar.url + "/v1/chat/completions", json=body) as r:
+        assert r.status == 503
+        assert r.headers["Retry-After"] == "1"
+        assert (await r.json())["error"]["code"] == "overloaded"
+    release.set()
+    for response in await asyncio.gather(*first):
+        assert response.status == 200
+        response.release()
+
+
+async def test_past_max_connections_is_503(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    import asyncio
+
+    sidecar = await make_sidecar(
+        f"model_list:\n  - model_name: chat\n    litellm_params: {{model: hosted_vllm/c, api_base: '{upstream.base}'}}\n"
+        "sidecar_settings:\n  max_connections: 2\n"
+    )
+    port = sidecar.running.port
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reply = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert reply.startswith(b"HTTP/1.1 503") and b'"code":"overloaded"' in reply
+    for _, w in held:
+        w.close()
