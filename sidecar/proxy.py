@@ -383,6 +383,9 @@ class Gateway:
                     last = Failure(errors.upstream_failure(exc, deployment.id))
                     tried.add(deployment.id)
                     continue
+                except BaseException:  # the client left while we waited: not the upstream's fault
+                    router.finished(deployment)
+                    raise
                 answered = loop.time()
                 router.answered(deployment, answered - sent)
                 self.metrics.ttfb.observe((deployment.id,), answered - sent)

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -358,3 +359,31 @@ async def test_faults_during_steady_traffic_cost_no_request(
         tasks = [send(http, sidecar.url) for _ in range(3)]
         statuses.update(status for status, _, _ in await asyncio.gather(*tasks))
     assert statuses == {200: 180}
+
+
+async def test_in_flight_count_survives_clients_that_leave(
+    faulty: Callable[[], Awaitable[Faulty]], make_sidecar: MakeSidecar
+) -> None:
+    slow = await faulty()
+    slow.delay = 5
+    sidecar = await make_sidecar("model_list:\n" + entry("m", slow.upstream.base, "slow"))
+    async with aiohttp.ClientSession() as session:
+        pending = asyncio.ensure_future(
+            session.post(sidecar.url + "/v1/chat/completions", json=CHAT)
+        )
+        while slow.count < 1:
+            await asyncio.sleep(0.01)
+        pending.cancel()  # the client leaves before the upstream answers
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+    router = sidecar.running.gateway.router
+    for _ in range(100):
+        if router.of(router_deployment(sidecar, "slow")).in_flight == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert router.of(router_deployment(sidecar, "slow")).in_flight == 0
+
+
+def router_deployment(sidecar: object, deployment_id: str) -> Any:
+    gateway = sidecar.running.gateway  # type: ignore[attr-defined]
+    return next(d for d in gateway.state.config.deployments if d.id == deployment_id)
