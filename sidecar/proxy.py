@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
-import random
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -22,31 +20,28 @@ from aiohttp.web_request import BaseRequest
 from sidecar import auth, errors, mock, outbound, pipe, usage
 from sidecar import request as requests
 from sidecar.accesslog import AccessLog
-from sidecar.config import Config, RouterSettings
+from sidecar.config import Config
 from sidecar.deployment import Deployment
+from sidecar.failover import MAX_RETRY_AFTER, Failure, pause
 from sidecar.headers import (
     ATTEMPTS_HEADER,
     DEPLOYMENT_HEADER,
     REQUEST_ID_HEADER,
     client_headers,
-    reply_headers,
 )
 from sidecar.limits import KeyLimits
 from sidecar.metrics import UNKNOWN, Metrics
 from sidecar.router import RATE_LIMIT as RATE_LIMIT_CAUSE
-from sidecar.router import Blocked, Router
+from sidecar.router import Router
 from sidecar.routes import MODEL_ENDPOINTS, Endpoint, RouteError, match, model_id
 from sidecar.table import Group, Match, Table
-from sidecar.upstream import Exchange, Pool, UpstreamError
+from sidecar.upstream import Pool, UpstreamError
 
 log = logging.getLogger("sidecar")
 
 KEYED = MODEL_ENDPOINTS | {Endpoint.MODELS, Endpoint.MODEL}  # behind the keys, when there are
 
 CLIENT_GONE = 499
-BACKOFF = 0.05  # seconds before the first retry; doubled for each next one, with jitter
-MAX_BACKOFF = 1.0
-MAX_RETRY_AFTER = 2.0  # seconds: an upstream's longer Retry-After is not waited for
 _LIVE = orjson.dumps({"status": "ok"})
 _READY = orjson.dumps({"status": "ready"})
 
@@ -353,7 +348,7 @@ class Gateway:
                 if outcome.attempts:
                     self.metrics.retry(group.name)
                     await asyncio.sleep(
-                        _pause(outcome.attempts, deployment is previous, last, settings)
+                        pause(outcome.attempts, deployment is previous, last, settings)
                     )
                 outcome.attempts += 1
                 outcome.deployment = deployment.id
@@ -435,57 +430,6 @@ class Gateway:
             log.warning("deployment %s cools down after repeated failures", deployment.id)
 
 
-@dataclass(slots=True)
-class Failure:
-    """The last thing that went wrong, kept to answer with when nothing is left to try."""
-
-    error: errors.GatewayError | None = None
-    status: int = 0
-    body: bytes = b""
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    retry_hint: float = 0.0  # seconds until the group takes calls again, when it is known
-
-    @classmethod
-    def of_reply(cls, exchange: Exchange, body: bytes, named: dict[str, str]) -> Failure:
-        """An upstream's error reply, relayed as it came when nothing else answers."""
-        headers, _ = reply_headers(exchange.headers, named)
-        return cls(status=exchange.status, body=body, headers=list(headers.items()))
-
-    @classmethod
-    def of_block(cls, blocked: Blocked, group: str) -> Failure:
-        wait = max(1, math.ceil(blocked.retry_after))
-        why = "rate limits" if blocked.status == 429 else "repeated failures"
-        return cls(
-            errors.GatewayError(
-                blocked.status,
-                f"Every deployment of '{group}' is cooling down after {why}; retry in {wait}s.",
-                errors.RATE_LIMIT if blocked.status == 429 else errors.UNAVAILABLE,
-                "deployments_cooling_down",
-                headers={"Retry-After": str(wait)},
-            )
-        )
-
-    def retry_after(self) -> float:
-        """The upstream's Retry-After in seconds (0 when it gave none, or a date)."""
-        for name, value in self.headers:
-            if name.lower() == "retry-after":
-                try:
-                    return max(0.0, float(value))
-                except ValueError:
-                    return 0.0
-        return 0.0
-
-    def response(self, attempts: int) -> web.Response:
-        if self.error is not None:
-            response = self.error.response()
-        else:
-            response = web.Response(status=self.status, body=self.body, headers=self.headers)
-            if self.retry_hint and "Retry-After" not in response.headers:
-                response.headers["Retry-After"] = str(max(1, math.ceil(self.retry_hint)))
-        response.headers[ATTEMPTS_HEADER] = str(attempts)
-        return response
-
-
 def _request_id(given: str | None) -> str:
     """The client's X-Request-Id when it is a sane one (printable ASCII, at most 128 characters:
     it goes into a header upstream and into the log), else one made here."""
@@ -505,18 +449,6 @@ def _sent(response: web.StreamResponse | None) -> int | None:
         body = response.body
         return len(body) if isinstance(body, bytes | bytearray) else None
     return response.body_length
-
-
-def _pause(attempt: int, same: bool, last: Failure | None, settings: RouterSettings) -> float:
-    """Seconds to wait before another attempt: a short jittered backoff, at least the
-    configured retry_after, and, before asking the same deployment again, the Retry-After it
-    sent (a longer one than MAX_RETRY_AFTER is not waited for: that deployment is not asked
-    again)."""
-    pause: float = min(MAX_BACKOFF, BACKOFF * 2 ** (attempt - 1)) * (0.5 + random.random())
-    pause = max(pause, settings.retry_after)
-    if same and last is not None:
-        pause = max(pause, min(last.retry_after(), MAX_RETRY_AFTER))
-    return pause
 
 
 def _continue(request: BaseRequest) -> None:
