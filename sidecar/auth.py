@@ -27,7 +27,7 @@ def fingerprint(key_digest: bytes) -> str:
 
 def patterns(names: Iterable[str]) -> re.Pattern[str]:
     """Model names where '*' stands for any text, as one expression."""
-    return re.compile("|".join(".*".join(map(re.escape, n.split("*"))) for n in names))
+    return re.compile("|".join(".*".join(map(re.escape, n.split("*"))) for n in names), re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)

@@ -240,6 +240,7 @@ def parse(raw: Any, name: str, environ: Mapping[str, str]) -> Config:
     deployments = tuple(
         _deployment(entry, i, env, router, warnings) for i, entry in enumerate(entries)
     )
+    _check_fallbacks(router, deployments)
     seen: dict[str, int] = {}
     for i, d in enumerate(deployments):
         if d.id in seen:
@@ -377,6 +378,20 @@ def _params(raw: Any, where: str, env: Mapping[str, str], warnings: list[str]) -
         extra_body=extra_body,
         **fields,
     )
+
+
+def _check_fallbacks(router: RouterSettings, deployments: tuple[Deployment, ...]) -> None:
+    """Every group a fallback names must be one the table routes."""
+    from sidecar.table import Table  # the table is built from deployments: here, only to check
+
+    table = Table(deployments)
+    named = [
+        (f"router_settings.fallbacks.{g}", n) for g, ns in router.fallbacks.items() for n in ns
+    ]
+    named += [("router_settings.default_fallbacks", n) for n in router.default_fallbacks]
+    for where, name in named:
+        if table.lookup(name) is None:
+            raise ConfigError(where, f"'{name}' is no model of the table")
 
 
 def _client_keys(raw: Any, env: Mapping[str, str]) -> list[ClientKey]:

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from sidecar import errors
 from sidecar.config import RouterSettings
-from sidecar.headers import ATTEMPTS_HEADER, reply_headers
+from sidecar.headers import ATTEMPTS_HEADER, DEPLOYMENT_HEADER, is_json, reply_headers
 from sidecar.router import Blocked
 from sidecar.upstream import Exchange
 
@@ -31,8 +31,14 @@ class Failure:
 
     @classmethod
     def of_reply(cls, exchange: Exchange, body: bytes, named: dict[str, str]) -> Failure:
-        """An upstream's error reply, relayed as it came when nothing else answers."""
-        headers, _ = reply_headers(exchange.headers, named)
+        """An upstream's error reply, relayed as it came when nothing else answers (or, when it
+        is not JSON, in the OpenAI shape, as pipe.relay would have sent it)."""
+        headers, content_type = reply_headers(exchange.headers, named)
+        if not is_json(content_type):
+            error = errors.upstream_not_json(exchange.status, body, named[DEPLOYMENT_HEADER])
+            return cls(
+                error, headers=[(k, v) for k, v in headers.items() if k.lower() == "retry-after"]
+            )
         return cls(status=exchange.status, body=body, headers=list(headers.items()))
 
     @classmethod
@@ -62,21 +68,22 @@ class Failure:
     def response(self, attempts: int) -> web.Response:
         if self.error is not None:
             response = self.error.response()
+            for name, value in self.headers:
+                response.headers[name] = value
         else:
             response = web.Response(status=self.status, body=self.body, headers=self.headers)
-            if self.retry_hint and "Retry-After" not in response.headers:
-                response.headers["Retry-After"] = str(max(1, math.ceil(self.retry_hint)))
+        if self.retry_hint:
+            # The group takes calls again only then: never advertise a shorter wait than that.
+            hint = max(1, math.ceil(self.retry_hint))
+            if self.retry_after() < hint:
+                response.headers["Retry-After"] = str(hint)
         response.headers[ATTEMPTS_HEADER] = str(attempts)
         return response
 
 
-def pause(attempt: int, same: bool, last: Failure | None, settings: RouterSettings) -> float:
-    """Seconds to wait before another attempt: a short jittered backoff, at least the
-    configured retry_after, and, before asking the same deployment again, the Retry-After it
-    sent (a longer one than MAX_RETRY_AFTER is not waited for: that deployment is not asked
-    again)."""
-    pause: float = min(MAX_BACKOFF, BACKOFF * 2 ** (attempt - 1)) * (0.5 + random.random())
-    pause = max(pause, settings.retry_after)
-    if same and last is not None:
-        pause = max(pause, min(last.retry_after(), MAX_RETRY_AFTER))
-    return pause
+def pause(attempt: int, settings: RouterSettings) -> float:
+    """Seconds to wait before another attempt: a short jittered backoff, and at least the
+    configured retry_after. (A deployment's own Retry-After, up to MAX_RETRY_AFTER, is waited
+    for by the caller before that deployment is asked again.)"""
+    wait: float = min(MAX_BACKOFF, BACKOFF * 2 ** (attempt - 1)) * (0.5 + random.random())
+    return max(wait, settings.retry_after)

@@ -69,6 +69,11 @@ def _clean(value: str | None) -> bool:
     return value is not None and "\r" not in value and "\n" not in value and "\0" not in value
 
 
+def is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip()
+    return media == "application/json" or media.endswith("+json")
+
+
 def reply_headers(
     upstream: Iterable[tuple[str, str]], named: Mapping[str, str]
 ) -> tuple[CIMultiDict[str], str]:

@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from sidecar import errors, sse
-from sidecar.headers import DEPLOYMENT_HEADER, STREAM_HEADERS, reply_headers
+from sidecar.headers import DEPLOYMENT_HEADER, STREAM_HEADERS, is_json, reply_headers
 from sidecar.providers.translate import TextToChat, TextToChatStream
 from sidecar.sse import SSEError
 from sidecar.upstream import Exchange, UpstreamError
@@ -34,7 +34,7 @@ async def relay(
     headers, content_type = reply_headers(exchange.headers, named)
     deployment_id = named[DEPLOYMENT_HEADER]
     try:
-        if exchange.status >= 400 and not _is_json(content_type):
+        if exchange.status >= 400 and not is_json(content_type):
             try:
                 body = await exchange.read_all(ERROR_BODY_LIMIT)
             except UpstreamError as exc:
@@ -97,11 +97,6 @@ class _Stream(web.StreamResponse):
     (aiohttp's Response does the same; StreamResponse sends the head on its own by default.)"""
 
     _send_headers_immediately = False
-
-
-def _is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip()
-    return media == "application/json" or media.endswith("+json")
 
 
 async def send_events(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -31,8 +32,8 @@ from sidecar.headers import (
 )
 from sidecar.limits import KeyLimits
 from sidecar.metrics import UNKNOWN, Metrics
+from sidecar.router import FAILED_ANSWER, Router
 from sidecar.router import RATE_LIMIT as RATE_LIMIT_CAUSE
-from sidecar.router import Router
 from sidecar.routes import MODEL_ENDPOINTS, Endpoint, RouteError, match, model_id
 from sidecar.table import Group, Match, Table
 from sidecar.upstream import Pool, UpstreamError
@@ -143,14 +144,19 @@ class Gateway:
         # The raw path: routes are plain ASCII, and decoding it into a URL object per request
         # costs more than the rest of routing.
         path = request.raw_path.partition("?")[0]
+        started = time.perf_counter()  # uvloop's loop.time() counts whole milliseconds
+        outcome = Outcome(_request_id(request.headers.get(REQUEST_ID_HEADER)), started=started)
         try:
             endpoint = match(request.method, path)
         except RouteError as exc:
             if exc.status == 405:
-                return errors.method_not_allowed(request.method, path, exc.allow).response()
-            return errors.unknown_path(request.method, path).response()
-        started = time.perf_counter()  # uvloop's loop.time() counts whole milliseconds
-        outcome = Outcome(_request_id(request.headers.get(REQUEST_ID_HEADER)), started=started)
+                failure = errors.method_not_allowed(request.method, path, exc.allow)
+            else:
+                failure = errors.unknown_path(request.method, path)
+            refused = failure.response()
+            refused.headers[REQUEST_ID_HEADER] = outcome.request_id
+            self._record(request, path, None, outcome, failure.status, refused, started)
+            return refused
         response: web.StreamResponse | None = None
         status = 500
         self.metrics.in_flight += 1
@@ -183,15 +189,15 @@ class Gateway:
         self,
         request: BaseRequest,
         path: str,
-        endpoint: Endpoint,
+        endpoint: Endpoint | None,
         outcome: Outcome,
         status: int,
         response: web.StreamResponse | None,
         started: float,
     ) -> None:
-        """Metrics and the access log line for one request."""
+        """Metrics and the access log line for one request (None: a path we do not serve)."""
         duration = time.perf_counter() - started
-        name = endpoint.name.lower()
+        name = endpoint.name.lower() if endpoint is not None else "unknown"
         self.metrics.done(name, outcome.model, outcome.deployment, status)
         if endpoint in MODEL_ENDPOINTS:
             self.metrics.duration.observe((name, outcome.model), duration)
@@ -321,6 +327,7 @@ class Gateway:
         client = accept + b"X-Request-Id: %s\r\n" % outcome.request_id.encode()
         outcome.stream = body.get("stream") is True
         last: Failure | None = None
+        retry_at: dict[str, float] = {}  # deployment -> when its Retry-After ends
         for position, link in enumerate(chain):
             group = link.group
             if position:
@@ -328,15 +335,14 @@ class Gateway:
             tried: set[str] = set()
             spent: set[str] = set()  # asked to wait longer than we would: not asked again
             budget: int | None = None
-            previous: Deployment | None = None
             while True:
                 deployment = router.choose(group, tried) or router.choose(group, spent)
                 if deployment is None:
                     blocked = router.blocked(group)
-                    if last is None or last.error is not None:
+                    if last is None:
                         last = Failure.of_block(blocked, group.name)
                     else:
-                        last.retry_hint = blocked.retry_after  # an upstream's reply, and a wait
+                        last.retry_hint = blocked.retry_after  # what went wrong, and a wait
                     break
                 if budget is None:
                     retries = deployment.max_retries
@@ -346,12 +352,13 @@ class Gateway:
                 budget -= 1
                 if outcome.attempts:
                     self.metrics.retry(group.name)
-                    await asyncio.sleep(
-                        pause(outcome.attempts, deployment is previous, last, settings)
-                    )
+                    wait = pause(outcome.attempts, settings)
+                    if retry_at and deployment.id in retry_at:
+                        # Its own Retry-After, from an earlier attempt of this request.
+                        wait = max(wait, retry_at[deployment.id] - time.perf_counter())
+                    await asyncio.sleep(wait)
                 outcome.attempts += 1
                 outcome.deployment = deployment.id
-                previous = deployment
                 upstream_model = deployment.upstream_model(link.wildcard)
                 if deployment.mock_response is not None:
                     return await _mock(request, endpoint, body, deployment, upstream_model, outcome)
@@ -372,6 +379,7 @@ class Gateway:
                     )
                 except UpstreamError as exc:
                     router.finished(deployment)
+                    router.answered(deployment, FAILED_ANSWER)
                     self.metrics.upstream_error(deployment.id, exc.kind)
                     self._failed(deployment, "error", group)
                     last = Failure(errors.upstream_failure(exc, deployment.id))
@@ -381,7 +389,10 @@ class Gateway:
                     router.finished(deployment)
                     raise
                 answered = time.perf_counter()
-                router.answered(deployment, answered - sent)
+                # A fast error is no reason to prefer a deployment: it counts as a slow answer.
+                router.answered(
+                    deployment, answered - sent if exchange.status < 400 else FAILED_ANSWER
+                )
                 self.metrics.ttfb.observe((deployment.id,), answered - sent)
                 outcome.ttfb = answered - outcome.started
                 status = outcome.upstream_status = exchange.status
@@ -399,13 +410,19 @@ class Gateway:
                         router.finished(deployment)
                     last = Failure.of_reply(exchange, reply, named)
                     tried.add(deployment.id)
-                    if last.retry_after() > MAX_RETRY_AFTER:
+                    asked = last.retry_after()
+                    if asked > MAX_RETRY_AFTER:
                         spent.add(deployment.id)
+                    elif asked:
+                        retry_at[deployment.id] = time.perf_counter() + asked
                     continue
                 streaming = outcome.stream and status < 400
                 self.metrics.streams_in_flight += streaming
                 try:
                     return await pipe.relay(request, exchange, named, translation)
+                except errors.GatewayError as exc:
+                    exc.headers = {**(exc.headers or {}), ATTEMPTS_HEADER: str(outcome.attempts)}
+                    raise
                 finally:
                     self.metrics.streams_in_flight -= streaming
                     router.finished(deployment)
@@ -439,6 +456,16 @@ def _request_id(given: str | None) -> str:
 
 _ID_PREFIX = secrets.token_hex(6) + "-"  # unique per process; a counter makes each id
 _ids = itertools.count(1)
+
+
+def _new_id_prefix() -> None:
+    """Workers are forked from one supervisor: each takes its own prefix, or ids would repeat."""
+    global _ID_PREFIX, _ids
+    _ID_PREFIX = secrets.token_hex(6) + "-"
+    _ids = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 def _sent(response: web.StreamResponse | None) -> int | None:

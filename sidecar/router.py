@@ -22,6 +22,7 @@ from sidecar.window import Window
 FAIL_WINDOW = 60.0  # seconds over which allowed_fails are counted (LiteLLM: per minute)
 EXPLORE = 0.1  # latency-based routing tries a random deployment this often, to keep learning
 TTFB_WEIGHT = 0.3  # weight of the newest sample in the time-to-first-byte average
+FAILED_ANSWER = 5.0  # seconds: how a failed call counts in that average (slower than most)
 
 RATE_LIMIT = "rate_limit"
 ERROR = "error"

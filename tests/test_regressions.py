@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import time
 from pathlib import Path
 
@@ -211,3 +212,120 @@ async def test_chat_still_streams_after_the_fixes(
     assert (
         "".join([c.choices[0].delta.content or "" async for c in stream]) == "Hello from upstream"
     )
+
+
+async def test_unknown_fallback_group_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "model_list:\n  - model_name: g\n    litellm_params: {model: hosted_vllm/x, api_base: 'http://h/v1'}\n"
+        "router_settings:\n  fallbacks: [{g: [nope]}]\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        configs.load(path, environ={})
+    assert caught.value.where == "router_settings.fallbacks.g" and "nope" in caught.value.message
+
+
+async def test_html_error_after_retries_is_openai_shaped_and_counts_attempts(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    async def html(request: web.Request, got: Received) -> web.Response:
+        return web.Response(status=502, text="<html>bad gateway</html>", content_type="text/html")
+
+    upstream.scripts["/v1/chat/completions"] = html
+    sidecar = await make_sidecar(
+        vllm(upstream) + "router_settings:\n  num_retries: 1\n  allowed_fails: 100\n"
+    )
+    async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT) as r:
+        assert r.status == 502 and r.content_type == "application/json"
+        assert (await r.json())["error"]["code"] == "upstream_error"
+        assert r.headers["x-sidecar-attempts"] == "2"
+
+
+async def test_each_deployment_s_retry_after_is_honoured(
+    make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    asked: list[tuple[int, float]] = []
+    ups = [await FakeUpstream().start() for _ in range(2)]
+    try:
+        for i, up in enumerate(ups):
+
+            async def busy(request: web.Request, got: Received, i: int = i) -> web.Response:
+                asked.append((i, time.monotonic()))
+                if len(asked) >= 4:
+                    return web.json_response({"ok": True})
+                return web.json_response(
+                    {"error": {"message": "busy"}}, status=429, headers={"Retry-After": "1"}
+                )
+
+            up.scripts["/v1/chat/completions"] = busy
+        entries = "".join(
+            f"  - model_name: mistral\n    litellm_params: {{model: hosted_vllm/x{i}, api_base: '{u.base}'}}\n"
+            for i, u in enumerate(ups)
+        )
+        sidecar = await make_sidecar(
+            "model_list:\n" + entries + "router_settings:\n  num_retries: 3\n  allowed_fails: 100\n"
+        )
+        async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT) as r:
+            assert r.status == 200
+        for i in range(2):
+            times = [t for who, t in asked if who == i]
+            gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+            assert all(gap >= 0.95 for gap in gaps), gaps  # never before its Retry-After ended
+        assert len(asked) == 4
+    finally:
+        for up in ups:
+            await up.stop()
+
+
+async def test_connect_failures_that_start_a_cooldown_still_answer_502(
+    make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    from tests.test_errors import free_port
+
+    entries = "".join(
+        f"  - model_name: mistral\n    litellm_params: {{model: hosted_vllm/x, api_base: 'http://127.0.0.1:{free_port()}/v1'}}\n"
+        for _ in range(2)
+    )
+    sidecar = await make_sidecar(
+        "model_list:\n" + entries + "router_settings:\n  allowed_fails: 0\n"
+    )
+    async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT) as r:
+        assert r.status == 502
+        assert (await r.json())["error"]["code"] == "upstream_unreachable"
+        assert "Retry-After" in r.headers  # and when the group takes calls again
+
+
+def test_request_ids_differ_in_forked_workers() -> None:
+    import os
+    import warnings
+
+    from sidecar import proxy
+
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork beside threads, on 3.12+
+        pid = os.fork()
+    if pid == 0:
+        os.write(write, proxy._request_id(None).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    os.close(write)
+    assert child.split("-")[0] != proxy._request_id(None).split("-")[0]
+
+
+async def test_unknown_paths_are_counted(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    sidecar = await make_sidecar(vllm(upstream))
+    async with http.get(sidecar.url + "/v1/nope") as r:
+        assert r.status == 404 and r.headers["x-request-id"]
+    async with http.get(sidecar.url + "/metrics") as r:
+        assert 'endpoint="unknown",model="",deployment="",status="404"} 1' in await r.text()
+
+
+def test_key_patterns_match_any_character() -> None:
+    from sidecar import auth
+
+    assert auth.patterns(["openai/*"]).fullmatch("openai/a\nb")
