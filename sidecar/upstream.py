@@ -319,9 +319,9 @@ class Pool:
         stream_timeout: float | None = None,
     ) -> Exchange:
         """Send one request (its pieces: head lines and body, written as one without joining
-        them first); return its Exchange once the
-        reply head has arrived. A stale pooled connection that the upstream closed before any
-        byte of the reply is replaced once, transparently: the upstream never saw the request."""
+        them first); return its Exchange once the reply's head has arrived. A pooled connection
+        that turns out stale (closed at once, before any byte of a reply) is replaced
+        transparently: the upstream cannot have read the request."""
         while True:
             conn = self._take(origin)
             fresh = conn is None
