@@ -8,7 +8,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -32,6 +32,7 @@ from sidecar.headers import (
 )
 from sidecar.limits import KeyLimits
 from sidecar.metrics import UNKNOWN, Metrics
+from sidecar.router import ERROR as ERROR_CAUSE
 from sidecar.router import FAILED_ANSWER, Router
 from sidecar.router import RATE_LIMIT as RATE_LIMIT_CAUSE
 from sidecar.routes import MODEL_ENDPOINTS, Endpoint, RouteError, match, model_id
@@ -63,25 +64,15 @@ class State:
         table = Table(config.deployments)
         created = int(time.time())
         owners = {d.group: d.provider for d in reversed(config.deployments)}
-        models = {
-            "object": "list",
-            "data": [
-                {"id": name, "object": "model", "created": created, "owned_by": owners[name]}
-                for name in table.names
-            ],
-        }
-        return cls(config, table, auth.KeyRing(config.keys), orjson.dumps(models), created, owners)
+        models = _listing(table.names, created, owners)
+        return cls(config, table, auth.KeyRing(config.keys), models, created, owners)
 
     def models_for(self, key: auth.ClientKey) -> bytes:
         """GET /v1/models as this key sees it: only what it may use."""
         if key.models is None:
             return self.models_body
-        data = [
-            {"id": name, "object": "model", "created": self.created, "owned_by": self.owners[name]}
-            for name in self.table.names
-            if key.allows(name)
-        ]
-        return orjson.dumps({"object": "list", "data": data})
+        names = (n for n in self.table.names if key.allows(n))
+        return _listing(names, self.created, self.owners)
 
     def fallback_names(self, group: str) -> tuple[str, ...]:
         """The groups to try, in order, once `group` is exhausted."""
@@ -99,10 +90,17 @@ class State:
         found = self.table.lookup(model)
         if found is None:
             return None
-        owner = self.owners[found.group.name]
-        return orjson.dumps(
-            {"id": model, "object": "model", "created": self.created, "owned_by": owner}
-        )
+        return orjson.dumps(_model(model, self.created, self.owners[found.group.name]))
+
+
+def _model(name: str, created: int, owner: str) -> dict[str, Any]:
+    """One model as GET /v1/models shows it, in the OpenAI API's shape."""
+    return {"id": name, "object": "model", "created": created, "owned_by": owner}
+
+
+def _listing(names: Iterable[str], created: int, owners: dict[str, str]) -> bytes:
+    data = [_model(name, created, owners[name]) for name in names]
+    return orjson.dumps({"object": "list", "data": data})
 
 
 @dataclass(slots=True)
@@ -381,7 +379,7 @@ class Gateway:
                     router.finished(deployment)
                     router.answered(deployment, FAILED_ANSWER)
                     self.metrics.upstream_error(deployment.id, exc.kind)
-                    self._failed(deployment, "error", group)
+                    self._failed(deployment, ERROR_CAUSE, group)
                     last = Failure(errors.upstream_failure(exc, deployment.id))
                     tried.add(deployment.id)
                     continue
@@ -398,7 +396,9 @@ class Gateway:
                 status = outcome.upstream_status = exchange.status
                 if status == 429 or status >= 500:
                     self.metrics.upstream_error(deployment.id, f"status_{status}")
-                    self._failed(deployment, RATE_LIMIT_CAUSE if status == 429 else "error", group)
+                    self._failed(
+                        deployment, RATE_LIMIT_CAUSE if status == 429 else ERROR_CAUSE, group
+                    )
                 more = budget > 0 or position < len(fallback_names)
                 if (status == 429 or status >= 500) and more:
                     try:

@@ -71,13 +71,11 @@ class _Handler(RequestHandler):
 
 
 # What a connection over sidecar_settings.max_connections gets before it is closed.
+_BUSY_BODY = errors.busy_body()
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
-) % (
-    len(errors.busy_body()),
-    errors.busy_body(),
-)
+) % (len(_BUSY_BODY), _BUSY_BODY)
 
 
 class _Server(web.Server):

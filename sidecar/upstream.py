@@ -22,10 +22,10 @@ from sidecar.http1 import Headers, ProtocolError, ResponseParser
 KEEPALIVE_SECONDS = 60.0  # an idle pooled connection is closed after this
 WATCH_INTERVAL = 0.1  # seconds between checks for silent upstreams: timeouts fire this late at most
 MAX_IDLE_PER_ORIGIN = 256  # idle connections kept per upstream; more are closed when released
-HIGH_WATER = 256 * 1024  # buffered reply bytes that pause reading from the upstream
+HIGH_WATER = 256 * 1024  # buffered reply bytes that pause reading from the upstream, until the
+# consumer takes them all (next_chunk)
 MAX_BODY = 64 * 1024 * 1024  # a reply read whole (not streamed) may be this large at most
 STALE_WINDOW = 0.25  # seconds: a pooled connection closed this soon after a send was stale
-LOW_WATER = 64 * 1024  # ... and resume it
 
 
 class UpstreamError(Exception):

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from sidecar import __version__
+from tests.bench.run import tree
 from tests.test_errors import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,17 +230,7 @@ async def test_a_killed_worker_is_replaced(served: tuple[subprocess.Popen[bytes]
 
 
 def worker_pids(parent: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            # Field 4 of /proc/PID/stat, after the parenthesised command name, is the parent pid.
-            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
-                found.append(int(entry.name))
-    return sorted(found)
+    return sorted(tree(parent)[1:])  # tree() lists the parent first
 
 
 def spawn(config: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
