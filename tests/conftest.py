@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,10 +10,17 @@ from pathlib import Path
 import aiohttp
 import openai
 import pytest
+from hypothesis import settings
 
 from sidecar import config as configs
 from sidecar import server
 from tests.fakes import FakeUpstream
+
+# `make test` must pass or fail the same way every time: property tests draw a fixed sequence
+# of examples and keep no database between runs. HYPOTHESIS_PROFILE=explore draws new ones.
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.register_profile("explore", max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
 @dataclass

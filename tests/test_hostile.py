@@ -111,7 +111,12 @@ def test_stream_translation_of_any_bytes(data: bytes) -> None:
 
 
 @given(
-    st.lists(st.text(alphabet=st.characters(blacklist_characters="\r\n")), max_size=8), st.data()
+    # Surrogates (category Cs) are no text a stream can carry: str.encode() refuses them.
+    st.lists(
+        st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n")),
+        max_size=8,
+    ),
+    st.data(),
 )
 def test_sse_survives_any_split(events: list[str], data: st.DataObject) -> None:
     raw = b"".join(sse.encode(e.encode()) for e in events)
