@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -211,3 +212,40 @@ def embeddings(got: Received) -> web.Response:
             "usage": {"prompt_tokens": 3, "total_tokens": 3},
         }
     )
+
+
+@dataclass
+class HangUp:
+    """An upstream that reads a whole request head and hangs up without a byte of reply: with
+    a FIN, or with a reset (SO_LINGER 0) when `reset`. It records the request lines it read."""
+
+    reset: bool = False
+    received: list[bytes] = field(default_factory=list)
+    port: int = 0
+    _server: asyncio.Server | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> HangUp:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
+        self.received.append(head.split(b"\r\n", 1)[0])
+        if self.reset:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import MakeSidecar
-from tests.fakes import FakeUpstream, Received, chat, chat_chunks
+from tests.fakes import FakeUpstream, HangUp, Received, chat, chat_chunks
 from tests.test_errors import free_port
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -359,6 +359,45 @@ async def test_faults_during_steady_traffic_cost_no_request(
         tasks = [send(http, sidecar.url) for _ in range(3)]
         statuses.update(status for status, _, _ in await asyncio.gather(*tasks))
     assert statuses == {200: 180}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_hang_ups_before_the_reply_cost_no_request(
+    stream: bool,
+    faulty: Callable[[], Awaitable[Faulty]],
+    make_sidecar: MakeSidecar,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Half of a group reads each request and hangs up (a FIN, a reset) before any byte of a
+    reply; under a steady load every request is retried onto the healthy half."""
+    good = [await faulty() for _ in range(2)]
+    bad = [await HangUp().start(), await HangUp(reset=True).start()]
+    try:
+        sidecar = await make_sidecar(
+            "model_list:\n"
+            + "".join(entry("m", g.upstream.base, f"good{i}") for i, g in enumerate(good))
+            + "".join(entry("m", b.base, f"bad{i}") for i, b in enumerate(bad))
+            # Never cooled down: every request may meet a hang-up and must still be served.
+            + "router_settings:\n  num_retries: 2\n  allowed_fails: 1000000\n"
+        )
+        statuses: Counter[int] = Counter()
+        attempts: Counter[str] = Counter()
+        body = {**CHAT, "stream": stream}
+        for _ in range(8):
+            batch = await asyncio.gather(*(send(http, sidecar.url, body) for _ in range(50)))
+            statuses.update(status for status, _, _ in batch)
+            attempts.update(tried for _, _, tried in batch)
+    finally:
+        for b in bad:
+            await b.stop()
+    assert statuses == {200: 400}
+    assert sum(g.count for g in good) == 400  # each request reached a healthy upstream once
+    hung_up = sum(len(b.received) for b in bad)
+    assert all(b.received for b in bad)
+    assert {line for b in bad for line in b.received} == {b"POST /v1/chat/completions HTTP/1.1"}
+    # Each hang-up cost one attempt, counted in x-sidecar-attempts.
+    assert sum(int(n) - 1 for n in attempts.elements()) == hung_up
+    assert set(attempts) <= {"1", "2", "3"}
 
 
 async def test_in_flight_count_survives_clients_that_leave(
