@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
-import secrets
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -18,7 +16,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 
-from sidecar import auth, errors, mock, outbound, pipe, usage
+from sidecar import auth, errors, mock, outbound, pipe, requestid, usage
 from sidecar import request as requests
 from sidecar.accesslog import AccessLog
 from sidecar.config import Config
@@ -143,7 +141,7 @@ class Gateway:
         # costs more than the rest of routing.
         path = request.raw_path.partition("?")[0]
         started = time.perf_counter()  # uvloop's loop.time() counts whole milliseconds
-        outcome = Outcome(_request_id(request.headers.get(REQUEST_ID_HEADER)), started=started)
+        outcome = Outcome(requestid.take(request.headers.get(REQUEST_ID_HEADER)), started=started)
         try:
             endpoint = match(request.method, path)
         except RouteError as exc:
@@ -444,28 +442,6 @@ class Gateway:
         if self.router.failed(deployment, cause, len(group.deployments)):
             self.metrics.cooldown(deployment.id)
             log.warning("deployment %s cools down after repeated failures", deployment.id)
-
-
-def _request_id(given: str | None) -> str:
-    """The client's X-Request-Id when it is a sane one (printable ASCII, at most 128 characters:
-    it goes into a header upstream and into the log), else one made here."""
-    if given and len(given) <= 128 and given.isascii() and given.isprintable():
-        return given
-    return f"{_ID_PREFIX}{next(_ids):x}"
-
-
-_ID_PREFIX = secrets.token_hex(6) + "-"  # unique per process; a counter makes each id
-_ids = itertools.count(1)
-
-
-def _new_id_prefix() -> None:
-    """Workers are forked from one supervisor: each takes its own prefix, or ids would repeat."""
-    global _ID_PREFIX, _ids
-    _ID_PREFIX = secrets.token_hex(6) + "-"
-    _ids = itertools.count(1)
-
-
-os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 def _sent(response: web.StreamResponse | None) -> int | None:

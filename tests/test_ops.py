@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import aiohttp
@@ -123,6 +124,7 @@ async def test_request_id_goes_upstream_and_back(
     ) as r:
         made = r.headers["x-request-id"]
     assert made != "x" * 200 and upstream.last.headers["X-Request-Id"] == made
+    assert uuid.UUID(made).version == 4  # what strict upstreams (llama-cpp-python) demand
     async with http.post(sidecar.url + "/v1/chat/completions", json={**CHAT, "model": "x"}) as r:
         assert r.status == 404 and r.headers["x-request-id"]
 

@@ -299,20 +299,35 @@ def test_request_ids_differ_in_forked_workers() -> None:
     import os
     import warnings
 
-    from sidecar import proxy
+    from sidecar import requestid
 
     read, write = os.pipe()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork beside threads, on 3.12+
         pid = os.fork()
     if pid == 0:
-        os.write(write, proxy._request_id(None).encode())
+        os.write(write, requestid.make().encode())
         os._exit(0)
     os.waitpid(pid, 0)
     child = os.read(read, 100).decode()
     os.close(read)
     os.close(write)
-    assert child.split("-")[0] != proxy._request_id(None).split("-")[0]
+    assert child.rsplit("-", 1)[0] != requestid.make().rsplit("-", 1)[0]
+
+
+def test_made_request_ids_are_uuids_that_strict_upstreams_accept() -> None:
+    """llama-cpp-python's server answers an empty 400 to an X-Request-Id that uuid.UUID()
+    cannot parse (starlette-context); the sidecar's own ids were '<hex>-<n>'."""
+    import uuid
+
+    from sidecar import requestid
+
+    made = [requestid.make() for _ in range(1000)]
+    assert len(set(made)) == 1000
+    for value in made:
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value and parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
 
 
 async def test_unknown_paths_are_counted(
