@@ -52,7 +52,10 @@ async def relay(
                 body = translation.reply(body)
             return web.Response(status=exchange.status, body=body, headers=headers)
         if is_sse:
-            headers.update(STREAM_HEADERS)
+            # Added where the upstream said nothing: its own choice (llama.cpp's server sends
+            # Cache-Control: no-store, stricter than ours) is passed on as it came.
+            for name, value in STREAM_HEADERS.items():
+                headers.setdefault(name, value)
         events = _Translated(translation.stream()) if translation and is_sse else None
         out = _Stream(status=exchange.status, headers=headers)
         await out.prepare(request)

@@ -107,6 +107,23 @@ async def test_streamed_chat_chunk_by_chunk(sidecar: Sidecar, direct: openai.Asy
     assert through == straight
 
 
+async def test_stream_headers_are_the_servers(sidecar: Sidecar, llama: Server) -> None:
+    body = orjson.dumps({"model": "tiny", "messages": CHAT, "stream": True, **SAME})
+    seen = []
+    async with aiohttp.ClientSession() as http:
+        for url in (sidecar.url + "/v1", llama.base):
+            async with http.post(
+                url + "/chat/completions", data=body, headers={"Content-Type": "application/json"}
+            ) as r:
+                await r.read()
+                seen.append(
+                    [r.headers.getall(h, []) for h in ("Content-Type", "Cache-Control")]
+                    + [r.headers.get("X-Accel-Buffering")]
+                )
+    assert seen[0] == seen[1]
+    assert seen[0][1] == ["no-store"]  # the server's own, not replaced by the sidecar's
+
+
 async def test_text_completion_with_every_text_parameter(
     sidecar: Sidecar, direct: openai.AsyncOpenAI, llama: Server
 ) -> None:

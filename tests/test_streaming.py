@@ -44,6 +44,28 @@ async def test_stream_bytes_and_headers_are_the_upstream_s(
         assert await r.read() == b"".join(pieces)
 
 
+async def test_a_streams_own_cache_control_is_kept(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    """Ours are added only where the upstream said nothing (llama.cpp's server says no-store)."""
+
+    async def no_store(request: web.Request, got: Received) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+        )
+        await response.prepare(request)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    upstream.scripts["/v1/chat/completions"] = no_store
+    sidecar = await make_sidecar(vllm(upstream))
+    async with http.post(sidecar.url + "/v1/chat/completions", json=STREAM) as r:
+        assert r.headers.getall("Cache-Control") == ["no-store"]
+        assert r.headers["X-Accel-Buffering"] == "no"
+        assert await r.read() == b"data: [DONE]\n\n"
+
+
 async def test_first_chunk_arrives_before_the_upstream_finishes(
     upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
 ) -> None:
