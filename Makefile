@@ -23,10 +23,15 @@ run: $(STAMP)
 check: $(STAMP)
 	$(BIN)/sidecar --config $(CONFIG) --check
 
+# Real upstreams for the tests (llama.cpp's server, the LiteLLM proxy), each in a venv kept in
+# ~/.cache/sidecar and built once per machine: the first `make test` compiles llama.cpp.
+REAL := PYTHON=$(PYTHON) bash tests/real/cached_venv.sh
+
 test: $(STAMP)
 	$(BIN)/ruff check sidecar tests
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	llama="$$($(REAL) llama)" && litellm="$$($(REAL) litellm)" && \
+	SIDECAR_LLAMA_VENV="$$llama" SIDECAR_LITELLM_VENV="$$litellm" $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check sidecar tests

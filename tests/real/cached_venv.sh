@@ -14,7 +14,7 @@ case "$NAME" in
         CHECK="import llama_cpp.server, gguf"
         NEEDS=(cc c++ cmake) ;;
     litellm)
-        VERSION=1.90.0  # the last release whose [proxy] extra installs from PyPI alone
+        VERSION=1.90.0  # newer releases' [proxy] extra needs litellm-proxy, which PyPI here lacks
         SPECS=("litellm[proxy]==$VERSION")
         CHECK="import litellm.proxy.proxy_server"
         NEEDS=() ;;
@@ -28,6 +28,12 @@ else
 fi
 if [ -f "$VENV/.built" ] && "$VENV/bin/python" -c "$CHECK" 2>/dev/null; then
     echo "$VENV"; exit 0
+fi
+missing=()
+for tool in "${NEEDS[@]}"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "cached_venv.sh: installing a compiler and cmake (missing: ${missing[*]})" >&2
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential cmake >&2
 fi
 for tool in "${NEEDS[@]}"; do
     command -v "$tool" >/dev/null || {

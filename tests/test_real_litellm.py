@@ -1,0 +1,127 @@
+"""The sidecar in front of another gateway, the LiteLLM proxy (its version pinned in
+tests/real/cached_venv.sh), with mock_response models behind a master key: a second HTTP stack
+(uvicorn, FastAPI, LiteLLM's own auth) that checks the sidecar's framing, headers and keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import openai
+import orjson
+import pytest
+
+from tests.conftest import MakeSidecar, Sidecar
+from tests.real import servers
+from tests.real.servers import LITELLM_KEY, Server
+
+CHAT = [{"role": "user", "content": "hi"}]
+MOCK = "Hello from the LiteLLM proxy"
+
+
+@pytest.fixture(scope="module")
+def litellm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from servers.litellm(tmp_path_factory.mktemp("litellm"))
+
+
+@pytest.fixture
+async def sidecar(litellm: Server, make_sidecar: MakeSidecar) -> Sidecar:
+    return await make_sidecar(f"""
+model_list:
+  - model_name: gateway
+    litellm_params:
+      model: openai/mock
+      api_base: {litellm.base}
+      api_key: {LITELLM_KEY}
+  - model_name: wrong-key
+    litellm_params:
+      model: openai/mock
+      api_base: {litellm.base}
+      api_key: sk-not-the-master-key
+  - model_name: unknown-there
+    litellm_params:
+      model: openai/not-in-its-table
+      api_base: {litellm.base}
+      api_key: {LITELLM_KEY}
+""")
+
+
+@pytest.fixture
+async def direct(litellm: Server) -> AsyncIterator[openai.AsyncOpenAI]:
+    client = openai.AsyncOpenAI(base_url=litellm.base, api_key=LITELLM_KEY, max_retries=0)
+    yield client
+    await client.close()
+
+
+async def test_chat(sidecar: Sidecar, direct: openai.AsyncOpenAI, litellm: Server) -> None:
+    # The client's own key is the sidecar's business; LiteLLM gets the table's.
+    through = await sidecar.openai("a-client-key").chat.completions.create(
+        model="gateway", messages=CHAT
+    )
+    assert litellm.access_lines("/v1/chat/completions")[-1].endswith(" 200 OK")
+    straight = await direct.chat.completions.create(model="mock", messages=CHAT)
+    assert through.choices[0].message.content == straight.choices[0].message.content == MOCK
+    assert through.model == straight.model
+    assert through.usage == straight.usage
+
+
+async def test_streamed_chat(sidecar: Sidecar, direct: openai.AsyncOpenAI) -> None:
+    async def deltas(client: openai.AsyncOpenAI, model: str) -> list[str | None]:
+        stream = await client.chat.completions.create(model=model, messages=CHAT, stream=True)
+        return [chunk.choices[0].delta.content async for chunk in stream if chunk.choices]
+
+    through = await deltas(sidecar.openai(), "gateway")
+    assert len(through) > 2 and "".join(filter(None, through)) == MOCK
+    assert through == await deltas(direct, "mock")
+
+
+async def test_text_completion(sidecar: Sidecar, direct: openai.AsyncOpenAI) -> None:
+    through = await sidecar.openai().completions.create(model="gateway", prompt="hi")
+    straight = await direct.completions.create(model="mock", prompt="hi")
+    assert through.choices[0].text == straight.choices[0].text == MOCK
+
+
+async def raw(
+    http: aiohttp.ClientSession, url: str, body: dict[str, Any], key: str
+) -> tuple[int, Any, list[str]]:
+    async with http.post(url, json=body, headers={"Authorization": f"Bearer {key}"}) as r:
+        return r.status, orjson.loads(await r.read()), r.headers.getall("Content-Type")
+
+
+@pytest.mark.parametrize(
+    ("group", "upstream_model", "key"),
+    [("wrong-key", "mock", "sk-not-the-master-key"), ("unknown-there", "not-in-its-table", None)],
+)
+async def test_its_errors_come_back_unchanged(
+    group: str,
+    upstream_model: str,
+    key: str | None,
+    sidecar: Sidecar,
+    litellm: Server,
+    http: aiohttp.ClientSession,
+) -> None:
+    through = await raw(
+        http, sidecar.url + "/v1/chat/completions", {"model": group, "messages": CHAT}, "client"
+    )
+    straight = await raw(
+        http,
+        litellm.base + "/chat/completions",
+        {"model": upstream_model, "messages": CHAT},
+        key or LITELLM_KEY,
+    )
+    assert through == straight
+    assert through[0] >= 400 and "error" in through[1]
+    assert "sk-not-the-master-key" not in orjson.dumps(through[1]).decode()
+
+
+async def test_its_response_headers_come_back(
+    sidecar: Sidecar, http: aiohttp.ClientSession
+) -> None:
+    body = {"model": "gateway", "messages": CHAT}
+    async with http.post(sidecar.url + "/v1/chat/completions", json=body) as r:
+        assert r.status == 200
+        assert r.headers["x-litellm-version"]  # the upstream's end-to-end headers
+        assert r.headers["x-sidecar-deployment"] == "openai/mock#0"
+        assert len(r.headers.getall("Content-Length")) == 1
