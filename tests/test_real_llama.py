@@ -7,6 +7,7 @@ middleware refuses an X-Request-Id that is not a UUID, and the sidecar's own ids
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from tests.conftest import MakeSidecar, Sidecar
 from tests.real import servers
 from tests.real.servers import Server
 
+UVICORN_KEEPALIVE = 5.0  # seconds uvicorn keeps an idle connection open (its default)
 CHAT = [{"role": "user", "content": "Say hello to the sidecar."}]
 SAME = {"temperature": 0, "seed": 42, "max_tokens": 16}  # greedy: the same text every time
 # The text parameters of OpenAI's /v1/completions that this server accepts (all but the
@@ -214,6 +216,20 @@ async def test_request_ids_the_server_accepts(sidecar: Sidecar, llama: Server) -
             llama.base + "/chat/completions", json=body, headers={"X-Request-Id": "abc-1"}
         ) as r:
             assert r.status == 400 and await r.read() == b""
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_reused(
+    sidecar: Sidecar, llama: Server
+) -> None:
+    """uvicorn closes a keep-alive connection after 5 idle seconds; the pooled connection must
+    be dropped (or, in a race, the request resent), never answered with a 502."""
+    client = sidecar.openai()
+    before = len(served(llama, "/v1/chat/completions"))
+    await client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=2)
+    await asyncio.sleep(UVICORN_KEEPALIVE + 0.5)
+    reply = await client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=2)
+    assert reply.choices[0].message.content is not None
+    assert len(served(llama, "/v1/chat/completions")) == before + 2
 
 
 async def both(sidecar: Sidecar, llama: Server, path: str, body: bytes) -> list[Any]:
