@@ -27,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
         "--workers", help="worker processes sharing the port, or auto: one per core (default 1)"
     )
     p.add_argument(
+        "--admin-port",
+        type=int,
+        help="also serve health and metrics (only) on this port, on sidecar_settings.admin_host",
+    )
+    p.add_argument(
         "--uds", help="also listen on this Unix socket path (for clients in the same pod)"
     )
     p.add_argument(
@@ -65,9 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:
         print("sidecar: --workers must be a number of at least 1, or auto", file=sys.stderr)
         return 2
-    if not 0 <= port <= 65535:
-        print("sidecar: --port must be 0..65535", file=sys.stderr)
-        return 2
+    for flag, value in (("--port", port), ("--admin-port", args.admin_port)):
+        if value is not None and not 0 <= value <= 65535:
+            print(f"sidecar: {flag} must be 0..65535", file=sys.stderr)
+            return 2
     from sidecar import server  # imported late: --check and --version stay quick
 
     uds_path = args.uds or config.server.uds
@@ -79,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if workers == 1:
         try:
-            server.run(config, host, port, uds=uds)
+            server.run(config, host, port, uds=uds, admin_port=args.admin_port)
         except OSError as exc:
             print(
                 f"sidecar: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr
@@ -91,7 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return supervise(
         workers,
         config,
-        lambda table: server.run(table, host, port, reuse_port=True, worker=True, uds=uds),
+        lambda table: server.run(
+            table, host, port, reuse_port=True, worker=True, uds=uds, admin_port=args.admin_port
+        ),
     )
 
 

@@ -139,6 +139,11 @@ class ServerSettings:
     max_in_flight: int = 0  # model requests served at once; more get 503; 0: no limit
     body_timeout: float = 60.0  # seconds a client may take to send its body; then 408
     reload_interval: float = 1.0  # seconds between checks of the file for changes; 0: SIGHUP only
+    # A second listener for health and metrics only, never behind a key or the connection
+    # limit: what a kubelet probes from the node while the API stays on the pod's loopback.
+    # None: no such listener (health and metrics are on the API's listener too, always).
+    admin_port: int | None = None
+    admin_host: str = "0.0.0.0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,6 +534,8 @@ def _server_settings(raw: Mapping[str, Any]) -> ServerSettings:
         "max_connections": (int,),
         "max_in_flight": (int,),
         "body_timeout": (int, float),
+        "admin_port": (int,),
+        "admin_host": (str,),
     }
     for key, value in raw.items():
         path = f"sidecar_settings.{key}"
@@ -546,8 +553,9 @@ def _server_settings(raw: Mapping[str, Any]) -> ServerSettings:
             raise ConfigError(f"sidecar_settings.{name}", "must not be negative")
     if "body_timeout" in values:
         values["body_timeout"] = _seconds(values["body_timeout"], "sidecar_settings.body_timeout")
-    if not 0 <= values.get("port", 0) <= 65535:
-        raise ConfigError("sidecar_settings.port", "must be 0..65535")
+    for name in ("port", "admin_port"):
+        if not 0 <= values.get(name, 0) <= 65535:
+            raise ConfigError(f"sidecar_settings.{name}", "must be 0..65535")
     if values.get("workers", 1) < 1:
         raise ConfigError("sidecar_settings.workers", "must be at least 1")
     if values.get("max_request_bytes", 0) < 0:

@@ -170,13 +170,14 @@ def upstream_not_json(status: int, body: bytes, deployment: str) -> GatewayError
     )
 
 
-def busy_body() -> bytes:
+def too_many_connections() -> GatewayError:
     return GatewayError(
         503,
         "The gateway holds as many connections as it may; retry shortly.",
         UNAVAILABLE,
         "overloaded",
-    ).body()
+        headers={"Retry-After": "1"},
+    )
 
 
 def internal() -> GatewayError:

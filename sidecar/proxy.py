@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -42,6 +42,8 @@ log = logging.getLogger("sidecar")
 KEYED = MODEL_ENDPOINTS | {Endpoint.MODELS, Endpoint.MODEL}  # behind the keys, when there are
 
 CLIENT_GONE = 499
+# What the admin listener serves: health and metrics, for probes and scrapers that need no key.
+ADMIN_ENDPOINTS = frozenset({Endpoint.LIVELINESS, Endpoint.READINESS, Endpoint.METRICS})
 _LIVE = orjson.dumps({"status": "ok"})
 _READY = orjson.dumps({"status": "ready"})
 
@@ -149,10 +151,7 @@ class Gateway:
                 failure = errors.method_not_allowed(request.method, path, exc.allow)
             else:
                 failure = errors.unknown_path(request.method, path)
-            refused = failure.response()
-            refused.headers[REQUEST_ID_HEADER] = outcome.request_id
-            self._record(request, path, None, outcome, failure.status, refused, started)
-            return refused
+            return self._refuse(request, path, outcome, failure)
         response: web.StreamResponse | None = None
         status = 500
         self.metrics.in_flight += 1
@@ -180,6 +179,41 @@ class Gateway:
                     response.headers[REQUEST_ID_HEADER] = outcome.request_id
             self._record(request, path, endpoint, outcome, status, response, started)
         return response
+
+    async def handle_admin(self, request: BaseRequest) -> web.StreamResponse:
+        """The admin listener: health and metrics as on the API's listener; nothing else."""
+        return await self._ops_only(request, errors.unknown_path)
+
+    async def handle_over_limit(self, request: BaseRequest) -> web.StreamResponse:
+        """A connection past max_connections: health and metrics are still answered, so that
+        a busy pod passes its probes; anything else gets 503. Either way it is then closed."""
+        response = await self._ops_only(request, lambda m, p: errors.too_many_connections())
+        response.force_close()
+        return response
+
+    async def _ops_only(
+        self, request: BaseRequest, refusal: Callable[[str, str], errors.GatewayError]
+    ) -> web.StreamResponse:
+        path = request.raw_path.partition("?")[0]
+        try:
+            endpoint: Endpoint | None = match(request.method, path)
+        except RouteError:
+            endpoint = None
+        if endpoint in ADMIN_ENDPOINTS:
+            return await self.handle(request)
+        outcome = Outcome(
+            requestid.take(request.headers.get(REQUEST_ID_HEADER)), started=time.perf_counter()
+        )
+        return self._refuse(request, path, outcome, refusal(request.method, path))
+
+    def _refuse(
+        self, request: BaseRequest, path: str, outcome: Outcome, failure: errors.GatewayError
+    ) -> web.Response:
+        """The answer to a path this listener does not serve, logged and counted."""
+        refused = failure.response()
+        refused.headers[REQUEST_ID_HEADER] = outcome.request_id
+        self._record(request, path, None, outcome, failure.status, refused, outcome.started)
+        return refused
 
     def _record(
         self,

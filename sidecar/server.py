@@ -9,6 +9,7 @@ import os
 import resource
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,18 +71,20 @@ class _Handler(RequestHandler):
         return response
 
 
-# What a connection over sidecar_settings.max_connections gets before it is closed.
-_BUSY_BODY = errors.busy_body()
-_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
-) % (len(_BUSY_BODY), _BUSY_BODY)
+OVER_LIMIT_GRACE = 2.0  # seconds a connection past max_connections has to send its request
 
 
 class _Server(web.Server):
-    def __init__(self, *args: Any, max_connections: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        max_connections: int = 0,
+        over_limit: Callable[[BaseRequest], Awaitable[StreamResponse]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.max_connections = max_connections
+        self.over_limit = over_limit
         self.open = 0
 
     def __call__(self) -> RequestHandler:
@@ -91,8 +94,10 @@ class _Server(web.Server):
         super().connection_made(handler, transport)
         self.open += 1
         if self.max_connections and self.open > self.max_connections:
-            transport.write(_BUSY)
-            transport.close()
+            # Not closed unheard: its one request is answered (health and metrics as ever,
+            # anything else 503), then it is closed, or after a short grace if it sends none.
+            handler._request_handler = self.over_limit
+            self._loop.call_later(OVER_LIMIT_GRACE, transport.close)
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
         super().connection_lost(handler, exc)
@@ -104,13 +109,37 @@ class Running:
     gateway: Gateway
     runner: web.ServerRunner
     port: int
+    admin: web.ServerRunner | None = None
+    admin_port: int | None = None  # the admin listener's bound port, when there is one
 
     async def stop(self) -> None:
-        """Stop listening, let in-flight requests finish (up to the drain timeout), close the pool."""
+        """Stop listening, let in-flight requests finish (up to the drain timeout), close the
+        pool. The admin listener goes last, so that probes see readiness 503 while draining."""
         self.gateway.draining = True
         await self.runner.cleanup()
         await self.gateway.pool.close()
+        if self.admin is not None:
+            await self.admin.cleanup()
         self.gateway.access_log.flush()
+
+
+def _bound(runner: web.ServerRunner, default: int) -> int:
+    return next((a[1] for a in runner.addresses if isinstance(a, tuple)), default)
+
+
+async def _admin(
+    gateway: Gateway, host: str, port: int, reuse_port: bool
+) -> tuple[web.ServerRunner, int]:
+    """The admin listener: health and metrics only, no connection limit, a short drain."""
+    server = web.Server(gateway.handle_admin, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT)
+    runner = web.ServerRunner(server, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, _bound(runner, port)
 
 
 async def start(
@@ -120,7 +149,9 @@ async def start(
     *,
     reuse_port: bool = False,
     uds: socket.socket | None = None,
+    admin_port: int | None = None,
 ) -> Running:
+    """Listen and serve; `admin_port` (else sidecar_settings.admin_port) adds the admin listener."""
     pool = Pool()
     gateway = Gateway(config, pool, Metrics(), AccessLog(enabled=config.server.access_log))
     loop = asyncio.get_running_loop()
@@ -145,20 +176,27 @@ async def start(
         access_log=None,
         keepalive_timeout=KEEPALIVE_TIMEOUT,
         max_connections=config.server.max_connections,
+        over_limit=gateway.handle_over_limit,
     )
     runner = web.ServerRunner(server, shutdown_timeout=config.server.drain_timeout)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
+    if admin_port is None:
+        admin_port = config.server.admin_port
+    admin: web.ServerRunner | None = None
     try:
         await site.start()
         if uds is not None:
             await web.SockSite(runner, uds).start()
+        if admin_port is not None:
+            admin, admin_port = await _admin(
+                gateway, config.server.admin_host, admin_port, reuse_port
+            )
     except BaseException:
         await runner.cleanup()
         await pool.close()
         raise
-    bound = next((a[1] for a in runner.addresses if isinstance(a, tuple)), port)
-    return Running(gateway, runner, bound)
+    return Running(gateway, runner, _bound(runner, port), admin, admin_port)
 
 
 def reload(running: Running, path: str) -> bool:
@@ -183,16 +221,19 @@ async def serve(
     reuse_port: bool = False,
     worker: bool = False,
     uds: socket.socket | None = None,
+    admin_port: int | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain; SIGHUP or a change of the file reloads it. A
     worker of a supervisor leaves SIGINT to it."""
-    running = await start(config, host, port, reuse_port=reuse_port, uds=uds)
+    running = await start(config, host, port, reuse_port=reuse_port, uds=uds, admin_port=admin_port)
     log.info(
         "sidecar listening on %s:%d with %d deployments",
         host,
         running.port,
         len(config.deployments),
     )
+    if running.admin_port is not None:
+        log.info("health and metrics also on %s:%d", config.server.admin_host, running.admin_port)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     stops = (signal.SIGTERM,) if worker else (signal.SIGTERM, signal.SIGINT)
@@ -274,6 +315,7 @@ def run(
     reuse_port: bool = False,
     worker: bool = False,
     uds: socket.socket | None = None,
+    admin_port: int | None = None,
 ) -> None:
     """The blocking entry point of one worker process, on uvloop when it is installed."""
     raise_fd_limit()
@@ -284,4 +326,14 @@ def run(
     else:
         runner_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=runner_factory) as runner:
-        runner.run(serve(config, host, port, reuse_port=reuse_port, worker=worker, uds=uds))
+        runner.run(
+            serve(
+                config,
+                host,
+                port,
+                reuse_port=reuse_port,
+                worker=worker,
+                uds=uds,
+                admin_port=admin_port,
+            )
+        )

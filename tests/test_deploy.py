@@ -16,8 +16,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from sidecar import cli
 from sidecar import config as configs
-from sidecar.routes import match
+from sidecar.proxy import ADMIN_ENDPOINTS
+from sidecar.routes import Endpoint, match
 from tests.test_cli import wait_ready
 from tests.test_errors import free_port
 
@@ -74,14 +76,60 @@ def test_the_gateway_container_is_locked_down_and_probed(path: Path) -> None:
     assert "memory" in gateway["resources"]["limits"]
 
 
-@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
-def test_the_carried_config_loads(path: Path, tmp_path: Path) -> None:
-    docs = documents(path)
+def carried_config(docs: list[dict[str, Any]], tmp_path: Path) -> configs.Config:
     config_map = next(d for d in docs if d["kind"] == "ConfigMap")
     secret = next(d for d in docs if d["kind"] == "Secret")
     file = tmp_path / "config.yaml"
     file.write_text(config_map["data"]["config.yaml"])
-    loaded = configs.load(file, environ=secret["stringData"])
+    return configs.load(file, environ=secret["stringData"])
+
+
+ANY_ADDRESS = ("0.0.0.0", "::")
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_probes_reach_what_the_container_listens_on(path: Path, tmp_path: Path) -> None:
+    """The kubelet probes from the node, at the pod's IP: each probe's port must be a listener
+    bound to every address (not the pod's loopback), serving the probe's path."""
+    (gateway,) = containers(path)
+    config = carried_config(documents(path), tmp_path)
+    args = cli._parser().parse_args(gateway["args"])
+    api_port = args.port if args.port is not None else config.server.port
+    api_host = args.host if args.host is not None else config.server.host
+    served: dict[int, tuple[str, frozenset[Endpoint] | None]] = {api_port: (api_host, None)}
+    admin_port = args.admin_port if args.admin_port is not None else config.server.admin_port
+    if admin_port is not None:
+        served[admin_port] = (config.server.admin_host, ADMIN_ENDPOINTS)
+    named = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+    assert set(named.values()) <= set(served), "a declared port nothing listens on"
+    probes = [
+        gateway[k] for k in ("startupProbe", "readinessProbe", "livenessProbe") if k in gateway
+    ]
+    assert len(probes) >= 2
+    for probe in probes:
+        get = probe["httpGet"]
+        port = named[get["port"]] if isinstance(get["port"], str) else get["port"]
+        assert "host" not in get, "a probe host is the node's address, not the pod's"
+        host, endpoints = served[port]
+        assert host in ANY_ADDRESS, f"port {port} listens on {host}: the kubelet cannot reach it"
+        endpoint = match("GET", get["path"])
+        assert endpoints is None or endpoint in endpoints, get["path"]
+
+
+def test_the_app_beside_the_sidecar_reaches_its_api(tmp_path: Path) -> None:
+    path = DEPLOY / "k8s" / "sidecar.yaml"
+    deployment = next(d for d in documents(path) if d["kind"] == "Deployment")
+    (app,) = deployment["spec"]["template"]["spec"]["containers"]
+    base = next(e["value"] for e in app["env"] if e["name"] == "OPENAI_BASE_URL")
+    (gateway,) = containers(path)
+    args = cli._parser().parse_args(gateway["args"])
+    assert base == f"http://{args.host}:{args.port}/v1"
+    assert args.host == "127.0.0.1"  # the API is for the pod alone
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_the_carried_config_loads(path: Path, tmp_path: Path) -> None:
+    loaded = carried_config(documents(path), tmp_path)
     assert loaded.deployments and loaded.keys
 
 

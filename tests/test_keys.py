@@ -169,9 +169,41 @@ async def test_past_max_connections_is_503(
     )
     port = sidecar.running.port
     held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    body = b'{"model": "chat", "messages": []}'
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    reply = await asyncio.wait_for(reader.read(), 5)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    reply = await asyncio.wait_for(reader.read(), 5)  # answered, then closed
     writer.close()
     assert reply.startswith(b"HTTP/1.1 503") and b'"code":"overloaded"' in reply
+    assert b"Retry-After: 1" in reply
+    assert upstream.received == []
+    # One that sends nothing is closed after a short grace.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
     for _, w in held:
         w.close()
+
+
+@pytest.mark.parametrize("path", ["/health/liveliness", "/health/readiness", "/metrics"])
+async def test_health_answers_past_max_connections(
+    path: str, upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    """A busy pod must pass its probes: a liveness 503 would have Kubernetes restart it."""
+    import asyncio
+
+    sidecar = await make_sidecar(
+        f"model_list:\n  - model_name: chat\n    litellm_params: {{model: hosted_vllm/c, api_base: '{upstream.base}'}}\n"
+        "sidecar_settings:\n  max_connections: 1\n"
+    )
+    port = sidecar.running.port
+    held = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+    reply = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    held[1].close()
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]

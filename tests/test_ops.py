@@ -143,6 +143,56 @@ async def test_health_aliases(
         assert r.status == 200
 
 
+async def test_admin_listener_serves_health_and_metrics_only(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    sidecar = await make_sidecar(
+        vllm(upstream) + "general_settings:\n  master_key: sk-master\n"
+        "sidecar_settings:\n  admin_port: 0\n  admin_host: 127.0.0.1\n"
+    )
+    admin = f"http://127.0.0.1:{sidecar.running.admin_port}"
+    assert sidecar.running.admin_port not in (None, sidecar.running.port)
+    for path in ("/health/liveliness", "/health/readiness", "/healthz", "/readyz", "/metrics"):
+        async with http.get(admin + path) as r:  # no key: probes and scrapers have none
+            assert r.status == 200, path
+    auth = {"Authorization": "Bearer sk-master"}
+    async with http.get(admin + "/v1/models", headers=auth) as r:
+        assert r.status == 404 and (await r.json())["error"]["code"] == "unknown_url"
+    async with http.post(admin + "/v1/chat/completions", json=CHAT, headers=auth) as r:
+        assert r.status == 404
+    assert upstream.received == []
+    async with http.get(sidecar.url + "/v1/models", headers=auth) as r:
+        assert r.status == 200  # the API stays where it was
+    sidecar.running.gateway.draining = True
+    async with http.get(admin + "/health/readiness") as r:
+        assert r.status == 503
+
+
+async def test_admin_listener_is_reachable_beyond_the_apis_loopback(tmp_path: Path) -> None:
+    """As in the Kubernetes sidecar pattern: the API on 127.0.0.1 for the app beside it, health
+    on every address for the kubelet. 127.0.0.2 stands for the pod's own address here."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "model_list:\n  - model_name: m\n    litellm_params: {model: openai/m, mock_response: hi}\n"
+    )
+    admin_port = free_port()
+    proc, port = start(config, "--admin-port", str(admin_port))
+    try:
+        await wait_ready(port)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.2:{admin_port}/health/readiness") as r:
+                assert r.status == 200
+            try:
+                async with http.get(f"http://127.0.0.2:{port}/health/readiness") as r:
+                    raise AssertionError(f"the API answered beyond loopback: {r.status}")
+            except aiohttp.ClientConnectorError:
+                pass
+    finally:
+        code, _, err = stop(proc)
+    assert code == 0, err
+    assert f"health and metrics also on 0.0.0.0:{admin_port}" in err
+
+
 async def test_metrics_move_with_traffic_and_parse(
     upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
 ) -> None:
