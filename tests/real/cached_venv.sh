@@ -26,6 +26,7 @@ if [ "$NAME" = llama ]; then
 else
     VENV="$CACHE/$NAME-$VERSION-py$PYVER-$(uname -m)"
 fi
+export LITELLM_LOCAL_MODEL_COST_MAP=True  # its import would fetch a price list from the network
 if [ -f "$VENV/.built" ] && "$VENV/bin/python" -c "$CHECK" 2>/dev/null; then
     echo "$VENV"; exit 0
 fi
