@@ -76,20 +76,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     from sidecar import server  # imported late: --check and --version stay quick
 
+    admin_port = args.admin_port if args.admin_port is not None else config.server.admin_port
+    listeners = [(host, port)]
+    if admin_port is not None:
+        listeners.append((config.server.admin_host, admin_port))
+    for address in listeners:
+        try:
+            server.ensure_free(*address)
+        except OSError as exc:
+            print(
+                f"sidecar: cannot listen on {address[0]}:{address[1]}: {server.bind_error(exc)}",
+                file=sys.stderr,
+            )
+            return 1
     uds_path = args.uds or config.server.uds
     try:
         # Made before any worker starts, so that all of them accept on the one socket.
         uds = server.unix_socket(uds_path) if uds_path else None
     except OSError as exc:
-        print(f"sidecar: cannot listen on {uds_path}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"sidecar: cannot listen on {uds_path}: {server.bind_error(exc)}", file=sys.stderr)
         return 1
     if workers == 1:
         try:
-            server.run(config, host, port, uds=uds, admin_port=args.admin_port)
+            server.run(config, host, port, uds=uds, admin_port=admin_port)
         except OSError as exc:
-            print(
-                f"sidecar: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr
-            )
+            print(f"sidecar: cannot listen: {server.bind_error(exc)}", file=sys.stderr)
             return 1
         return 0
     from sidecar.workers import supervise
@@ -98,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers,
         config,
         lambda table: server.run(
-            table, host, port, reuse_port=True, worker=True, uds=uds, admin_port=args.admin_port
+            table, host, port, reuse_port=True, worker=True, uds=uds, admin_port=admin_port
         ),
     )
 

@@ -254,6 +254,28 @@ async def serve(
     log.info("stopped")
 
 
+def ensure_free(host: str, port: int) -> None:
+    """OSError when anything holds the port. Workers bind with SO_REUSEPORT, which lets any
+    process of the same user join the port and take a share of its connections, another
+    sidecar with another table among them; so first a plain bind, which nothing may share,
+    proves the port free. (Port 0 is a new port each time: nothing to check.)"""
+    if port == 0:
+        return
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the real bind
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind(address)
+
+
+def bind_error(exc: OSError) -> str:
+    """The system's words for a failed bind, without asyncio's wrapping around them."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
 def unix_socket(path: str) -> socket.socket:
     """A listening Unix socket at `path`, replacing a stale one left by an earlier run."""
     if os.path.exists(path):

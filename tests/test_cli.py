@@ -286,8 +286,32 @@ def test_port_in_use_is_a_clear_error() -> None:
             proc = spawn(EXAMPLES[0], port, *extra)
             code, log = finish(proc, 15)
             assert code == 1, log
-            assert "address already in use" in log.lower()
+            assert f"sidecar: cannot listen on 127.0.0.1:{port}: Address already in use" in log
             assert "Traceback" not in log
+
+
+async def test_a_second_instance_with_workers_cannot_share_the_port(tmp_path: Path) -> None:
+    """SO_REUSEPORT would let it join the port, and the kernel spread requests between two
+    tables; it must refuse to start instead."""
+    entry = "  - model_name: {0}\n    litellm_params: {{model: openai/{0}, mock_response: hi}}\n"
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("model_list:\n" + entry.format("table-a"))
+    second.write_text("model_list:\n" + entry.format("table-b"))
+    port = free_port()
+    proc = spawn(first, port, "--workers", "2")
+    try:
+        await wait_ready(port)
+        for extra in (("--workers", "2"), ()):
+            code, log = await asyncio.to_thread(finish, spawn(second, port, *extra), 15)
+            assert code == 1, log
+            assert f"sidecar: cannot listen on 0.0.0.0:{port}: Address already in use" in log
+            assert "Traceback" not in log
+        for _ in range(20):  # new connections each time: every one is table A's
+            assert await models(port) == ["table-a"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code, _ = await asyncio.to_thread(finish, proc)
+    assert code == 0
 
 
 def test_port_out_of_range() -> None:
