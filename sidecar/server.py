@@ -240,12 +240,18 @@ async def serve(
     for sig in stops:
         loop.add_signal_handler(sig, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, reload, running, config.path)
-    watch = None
-    if config.server.reload_interval:
-        watch = asyncio.create_task(_watch(running, config.path, config.server.reload_interval))
+    tasks = []
+    if worker:
+        # The supervisor watches the file and sends SIGHUP, so that it always knows the table
+        # its workers serve; a worker watches for the supervisor's death instead.
+        tasks.append(asyncio.create_task(_orphaned(os.getppid(), stopping)))
+    elif config.server.reload_interval:
+        tasks.append(
+            asyncio.create_task(_watch(running, config.path, config.server.reload_interval))
+        )
     await stopping.wait()
-    if watch is not None:
-        watch.cancel()
+    for task in tasks:
+        task.cancel()
     log.info("draining (up to %.0fs)", config.server.drain_timeout)
     # A second signal while draining exits at once.
     for sig in stops:
@@ -295,7 +301,7 @@ def unix_socket(path: str) -> socket.socket:
     return sock
 
 
-def _fingerprint(path: str) -> tuple[int, int, int] | None:
+def fingerprint(path: str) -> tuple[int, int, int] | None:
     """What changes when the file does: an edit (time, size) or a swap of the file behind it
     (inode), as Kubernetes does to a mounted ConfigMap by replacing a symlink."""
     try:
@@ -306,14 +312,26 @@ def _fingerprint(path: str) -> tuple[int, int, int] | None:
 
 
 async def _watch(running: Running, path: str, interval: float) -> None:
-    seen = _fingerprint(path)
+    seen = fingerprint(path)
     while True:
         await asyncio.sleep(interval)
-        now = _fingerprint(path)
+        now = fingerprint(path)
         if now is not None and now != seen:
             seen = now
             log.info("%s changed", path)
             reload(running, path)
+
+
+ORPHAN_CHECK = 1.0  # seconds between a worker's checks that its supervisor still lives
+
+
+async def _orphaned(parent: int, stopping: asyncio.Event) -> None:
+    """A supervisor that was killed (SIGKILL, OOM) cannot stop its workers: each notices that
+    its parent changed and drains, instead of serving on as an orphan nobody replaces."""
+    while os.getppid() == parent:
+        await asyncio.sleep(ORPHAN_CHECK)
+    log.warning("the supervisor %d is gone; stopping", parent)
+    stopping.set()
 
 
 def raise_fd_limit() -> None:

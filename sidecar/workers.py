@@ -1,8 +1,9 @@
 """--workers N: N processes share the port (SO_REUSEPORT); the kernel spreads connections.
 
 The supervisor forks the workers after the table is validated. SIGTERM and SIGINT become a
-SIGTERM to every worker (each drains, then exits); SIGHUP is checked against the file here and
-forwarded, so that a worker started later serves the same table as the ones reloaded. A worker
+SIGTERM to every worker (each drains, then exits). The file is watched here, not in the workers:
+a change (or SIGHUP) is loaded here first and, when valid, forwarded as SIGHUP, so that a worker
+started later serves the same table as the ones reloaded. A worker
 that dies is replaced, unless it dies right after its start, which means it cannot serve at all.
 """
 
@@ -16,12 +17,14 @@ import time
 from collections.abc import Callable
 
 from sidecar import config as configs
+from sidecar import server
 from sidecar.config import Config
 from sidecar.deployment import ConfigError
 
 log = logging.getLogger("sidecar")
 
 RESPAWN_PAUSE = 0.5  # seconds between replacing workers, so a crash loop does not spin a core
+WAIT_TICK = 0.2  # seconds between the supervisor's checks for exited workers and file changes
 START_GRACE = 5.0  # seconds: a worker that exits with an error sooner cannot start (a signal
 # that kills it is another matter: it is replaced)
 
@@ -64,18 +67,24 @@ def supervise(count: int, config: Config, run: Callable[[Config], None]) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
 
+    def reload() -> None:
+        """The file, loaded here first: a valid one becomes the table that workers started
+        from now on serve, and every worker is told to load it too."""
+        nonlocal current
+        try:
+            current = configs.load(current.path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the current table: %s", exc)
+            return
+        except Exception:  # the supervisor must outlive any bad file
+            log.exception("reload refused, keeping the current table")
+            return
+        forward(signal.SIGHUP)
+
     def on_signal(sig: int, _frame: object) -> None:
-        nonlocal stopping, current
+        nonlocal stopping
         if sig == signal.SIGHUP:
-            try:
-                current = configs.load(current.path)
-            except ConfigError as exc:
-                log.error("reload refused, keeping the current table: %s", exc)
-                return
-            except Exception:  # the supervisor must outlive any bad file
-                log.exception("reload refused, keeping the current table")
-                return
-            forward(signal.SIGHUP)
+            reload()
             return
         stopping = True
         forward(signal.SIGTERM)
@@ -84,11 +93,21 @@ def supervise(count: int, config: Config, run: Callable[[Config], None]) -> int:
         signal.signal(sig, on_signal)
     for _ in range(count):
         spawn()
+    seen = server.fingerprint(config.path)
     while children:
         try:
-            pid, status = os.wait()
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             break
+        if pid == 0:  # no worker exited: watch the file in the meantime
+            interval = current.server.reload_interval
+            time.sleep(min(interval, WAIT_TICK) if interval else WAIT_TICK)
+            now = server.fingerprint(config.path)
+            if interval and now is not None and now != seen and not stopping:
+                seen = now
+                log.info("%s changed", config.path)
+                reload()
+            continue
         started = children.pop(pid, None)
         if started is None:
             continue

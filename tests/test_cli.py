@@ -384,6 +384,74 @@ async def test_a_replaced_worker_serves_the_reloaded_table(tmp_path: Path) -> No
     assert code == 0
 
 
+async def test_a_replaced_worker_serves_the_table_of_the_last_file_change(
+    tmp_path: Path,
+) -> None:
+    """Edit the file (workers reload it), break it (refused), kill a worker: its replacement
+    must serve the edited table, not the one from start-up."""
+    path = tmp_path / "table.yaml"
+    entry = "  - model_name: {0}\n    litellm_params: {{model: openai/{0}, mock_response: hi}}\n"
+    path.write_text("model_list:\n" + entry.format("start-table"))
+    port = free_port()
+    proc = spawn(path, port, "--workers", "2")
+    try:
+        await wait_ready(port)
+        path.write_text("model_list:\n" + entry.format("edited-table"))
+
+        async def all_edited() -> bool:
+            return all([await models(port) == ["edited-table"] for _ in range(6)])
+
+        await eventually(all_edited, True)
+        path.write_text("model_list: [broken\n")
+        await asyncio.sleep(2.5)  # the broken file is seen and refused
+        victim = worker_pids(proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+
+        async def replaced() -> bool:
+            now = worker_pids(proc.pid)
+            return len(now) == 2 and victim not in now
+
+        await eventually(replaced, True)
+        await wait_ready(port)
+        for _ in range(12):  # new connections each time: both workers answer some
+            assert await models(port) == ["edited-table"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code, log = await asyncio.to_thread(finish, proc)
+    assert code == 0
+    assert "reload refused" in log
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    port = free_port()
+    proc = spawn(EXAMPLES[0], port, "--workers", "2")
+    await wait_ready(port)
+    workers = worker_pids(proc.pid)
+    assert len(workers) == 2
+    proc.kill()  # SIGKILL: the supervisor cannot pass anything on
+    proc.wait()
+
+    async def gone() -> bool:
+        return not any(alive(pid) for pid in workers)
+
+    try:
+        await eventually(gone, True)
+    finally:
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert proc.stderr is not None
+    proc.stderr.close()
+
+
 class socket_bound:
     """A port held by a listening socket of this process."""
 
