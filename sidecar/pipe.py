@@ -9,6 +9,7 @@ the second closes the upstream connection at once.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 from aiohttp import web
@@ -59,6 +60,7 @@ async def relay(
         events = _Translated(translation.stream()) if translation and is_sse else None
         out = _Stream(status=exchange.status, headers=headers)
         await out.prepare(request)
+        done = False  # the client has the stream's last event
         while True:
             try:
                 chunk = await exchange.next_chunk()
@@ -66,6 +68,16 @@ async def relay(
                     chunk = events.feed(chunk)
             except (UpstreamError, SSEError):
                 abort(request)
+                return out
+            except asyncio.CancelledError:
+                if not done:
+                    raise
+                # The client read [DONE] and left before the upstream's end of body came (the
+                # SDK closes at [DONE]): the stream is complete, and the connection worth keeping.
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                _finish_later(exchange)
                 return out
             if not chunk and not exchange.ended:
                 continue  # bytes that completed no event yet
@@ -76,10 +88,38 @@ async def relay(
                 await out.write_eof(chunk)
                 return out
             await out.write(chunk)
+            done = is_sse and chunk.endswith(DONE_EVENTS)
         await out.write_eof()
         return out
     finally:
-        exchange.close()
+        if not exchange.handed_off:
+            exchange.close()  # a no-op for a reply read to its end
+
+
+# How OpenAI-compatible streams end (the API reference; also vLLM, llama.cpp, LiteLLM).
+DONE_EVENTS = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n", b"data:[DONE]\n\n")
+FINISH_WITHIN = 2.0  # seconds the rest of a stream's body may take, read for nobody
+_finishing: set[asyncio.Task[None]] = set()  # held, so that the loop does not drop them
+
+
+def _finish_later(exchange: Exchange) -> None:
+    """Read what is left of a reply nobody waits for, so that its connection returns to the
+    pool; closed instead if that takes long. The exchange is ended here, not by relay()."""
+
+    async def finish() -> None:
+        try:
+            async with asyncio.timeout(FINISH_WITHIN):
+                while await exchange.next_chunk():
+                    pass
+        except (TimeoutError, UpstreamError):
+            pass
+        finally:
+            exchange.close()
+
+    task = asyncio.get_running_loop().create_task(finish())
+    _finishing.add(task)
+    task.add_done_callback(_finishing.discard)
+    exchange.handed_off = True
 
 
 class _Translated:
@@ -100,6 +140,12 @@ class _Stream(web.StreamResponse):
     (aiohttp's Response does the same; StreamResponse sends the head on its own by default.)"""
 
     _send_headers_immediately = False
+
+    @property
+    def body_length(self) -> int:
+        """What went out so far, also for a stream the client left before its end."""
+        writer = self._payload_writer
+        return writer.output_size if writer is not None else self._body_length
 
 
 async def send_events(

@@ -115,6 +115,7 @@ class Exchange:
         "conn",
         "ended",
         "got_bytes",
+        "handed_off",
         "headers",
         "last",
         "status",
@@ -139,6 +140,7 @@ class Exchange:
         self._error: UpstreamError | None = None
         self.ended = False
         self.got_bytes = False
+        self.handed_off = False  # its end is read by another task (pipe._finish_later)
         self.last = self.before_last = b""  # the last body bytes handed on, for usage counts
         self._last_read = self._loop.time()
         conn.pool.watch(self)

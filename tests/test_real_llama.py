@@ -264,3 +264,23 @@ async def test_a_wrongly_typed_parameter_is_the_servers_error(
     assert through == straight
     status, _, raw = through
     assert status >= 400 and "max_tokens" in orjson.loads(raw)["error"]["message"]
+
+
+async def test_complete_streams_are_200_in_the_log(
+    sidecar: Sidecar, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The SDK may close its connection once it has read [DONE], before the server's end of
+    body arrives: each such stream is still complete, a 200."""
+    client = sidecar.openai()
+    for _ in range(10):
+        stream = await client.chat.completions.create(
+            model="tiny", messages=CHAT, stream=True, **SAME
+        )
+        async for _chunk in stream:
+            pass
+        await stream.close()
+    await asyncio.sleep(0.3)
+    sidecar.running.gateway.access_log.flush()
+    lines = [orjson.loads(x) for x in capfd.readouterr().out.splitlines() if x.startswith("{")]
+    assert [x["status"] for x in lines] == [200] * 10
+    assert all(x["bytes"] for x in lines)

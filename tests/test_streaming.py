@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 
@@ -209,3 +210,39 @@ async def test_stream_timeout_bounds_silence_between_chunks(
         assert await r.content.readuntil(b"\n\n") == events[0]
         with pytest.raises(aiohttp.ClientPayloadError):
             await asyncio.wait_for(r.read(), LIMIT)  # cut, not a clean end
+
+
+async def test_a_stream_read_to_done_is_a_200_when_the_client_leaves_first(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The SDK closes its connection once it has read [DONE]; an upstream whose chunked body
+    ends a moment later must not turn a complete stream into a 499, nor lose its connection."""
+    events = chat_chunks("m", ["every", " byte"])
+
+    async def late_end(request: web.Request, got: Received) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"".join(events))
+        await asyncio.sleep(0.1)  # the chunked body's terminator comes late
+        await response.write_eof()
+        return response
+
+    upstream.scripts["/v1/chat/completions"] = late_end
+    sidecar = await make_sidecar(vllm(upstream))
+    client = sidecar.openai()
+    for _ in range(3):
+        stream = await client.chat.completions.create(
+            model="mistral", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        assert text == "every byte"
+        await stream.close()  # what the SDK does at [DONE]: the connection goes
+        await asyncio.sleep(0.3)  # the upstream's end arrives, read for nobody
+    gateway = sidecar.running.gateway
+    gateway.access_log.flush()
+    lines = [orjson.loads(line) for line in capfd.readouterr().out.splitlines() if line]
+    assert [x["status"] for x in lines] == [200] * 3
+    assert len({x["bytes"] for x in lines}) == 1 and lines[0]["bytes"] > len(b"".join(events))
+    assert {k[3] for k in gateway.metrics.requests} == {200}
+    # Each stream's upstream connection went back to the pool and was used again.
+    assert len({r.peer for r in upstream.received}) == 1
