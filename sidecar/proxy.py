@@ -7,7 +7,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
@@ -108,6 +108,11 @@ class Outcome:
     """What the access log and metrics learn of one request as it goes."""
 
     request_id: str = ""
+    own_id: bool = True  # the request id was made here (the client sent none that we keep)
+    # What each attempt sent upstream as X-Request-Id: a fresh id per attempt (the request's
+    # own for the first when it was made here), since upstreams such as vLLM track requests by
+    # it and two at once with one id collide. The client's id is kept end to end in the log.
+    upstream_ids: list[str] = field(default_factory=list)
     key: str = ""  # the name of the caller's key
     tokens: int = 0  # the request's tokens: estimated, then as the upstream counted them
     model: str = UNKNOWN
@@ -143,7 +148,9 @@ class Gateway:
         # costs more than the rest of routing.
         path = request.raw_path.partition("?")[0]
         started = time.perf_counter()  # uvloop's loop.time() counts whole milliseconds
-        outcome = Outcome(requestid.take(request.headers.get(REQUEST_ID_HEADER)), started=started)
+        given = request.headers.get(REQUEST_ID_HEADER)
+        request_id = requestid.take(given)
+        outcome = Outcome(request_id, request_id != given, started=started)
         try:
             endpoint = match(request.method, path)
         except RouteError as exc:
@@ -235,6 +242,7 @@ class Gateway:
         self.access_log.record(
             {
                 "request_id": outcome.request_id,
+                "upstream_request_ids": outcome.upstream_ids or None,
                 "key": outcome.key or None,
                 "method": request.method,
                 "path": path,
@@ -354,7 +362,6 @@ class Gateway:
         fallback_names = state.fallback_names(found.group.name)
         chain = itertools.chain((found,), state.fallbacks(fallback_names))
         accept, encoding = client_headers(request.headers)
-        client = accept + b"X-Request-Id: %s\r\n" % outcome.request_id.encode()
         outcome.stream = body.get("stream") is True
         last: Failure | None = None
         retry_at: dict[str, float] = {}  # deployment -> when its Retry-After ends
@@ -392,6 +399,12 @@ class Gateway:
                 upstream_model = deployment.upstream_model(link.wildcard)
                 if deployment.mock_response is not None:
                     return await _mock(request, endpoint, body, deployment, upstream_model, outcome)
+                if outcome.own_id and outcome.attempts == 1:
+                    upstream_id = outcome.request_id
+                else:
+                    upstream_id = requestid.make()
+                outcome.upstream_ids.append(upstream_id)
+                client = accept + b"X-Request-Id: %s\r\n" % upstream_id.encode()
                 data, translation = outbound.build(
                     deployment, endpoint, body, link.wildcard, client, encoding
                 )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -98,6 +99,8 @@ async def test_access_log_lines(tmp_path: Path, upstream: FakeUpstream) -> None:
     assert ("/v1/chat/completions", 200) in by_path and ("/v1/models", 401) in by_path
     first = next(x for x in lines if x["path"] == "/v1/chat/completions" and not x["stream"])
     assert first["request_id"] == "req-42"
+    (sent_up,) = first["upstream_request_ids"]  # what the upstream got instead: a UUID
+    assert uuid.UUID(sent_up).version == 4
     assert first["model"] == "mistral"
     assert first["deployment"] == "hosted_vllm/mistralai/Mistral-7B#0"
     assert first["upstream_status"] == 200 and first["attempts"] == 1
@@ -117,8 +120,8 @@ async def test_request_id_goes_upstream_and_back(
     async with http.post(
         sidecar.url + "/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "trace-7"}
     ) as r:
-        assert r.headers["x-request-id"] == "trace-7"
-    assert upstream.last.headers["X-Request-Id"] == "trace-7"
+        assert r.headers["x-request-id"] == "trace-7"  # the client's, end to end
+    assert uuid.UUID(upstream.last.headers["X-Request-Id"]).version == 4  # the upstream's own
     async with http.post(
         sidecar.url + "/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "x" * 200}
     ) as r:
@@ -127,6 +130,37 @@ async def test_request_id_goes_upstream_and_back(
     assert uuid.UUID(made).version == 4  # what strict upstreams (llama-cpp-python) demand
     async with http.post(sidecar.url + "/v1/chat/completions", json={**CHAT, "model": "x"}) as r:
         assert r.status == 404 and r.headers["x-request-id"]
+
+
+async def test_each_attempt_sends_the_upstream_its_own_request_id(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """vLLM tracks requests by X-Request-Id: a retry, or two clients that send one id, must
+    never reach it with an id already in use. The log ties the client's id to each attempt's."""
+    calls = 0
+
+    async def fails_once(request: web.Request, got: Received) -> web.StreamResponse:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return web.json_response({"error": {"message": "blip"}}, status=503)
+        return web.json_response({"choices": []})
+
+    upstream.scripts["/v1/chat/completions"] = fails_once
+    sidecar = await make_sidecar(vllm(upstream))
+    async with aiohttp.ClientSession() as http:
+        for _ in range(2):
+            async with http.post(
+                sidecar.url + "/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "dup-1"}
+            ) as r:
+                assert r.status == 200 and r.headers["x-request-id"] == "dup-1"
+    sent = [got.headers["X-Request-Id"] for got in upstream.received]
+    assert len(sent) == 3 and len(set(sent)) == 3 and "dup-1" not in sent
+    assert all(uuid.UUID(x).version == 4 for x in sent)
+    sidecar.running.gateway.access_log.flush()
+    lines = [orjson.loads(x) for x in capfd.readouterr().out.splitlines() if x.startswith("{")]
+    assert [x["request_id"] for x in lines] == ["dup-1", "dup-1"]
+    assert [x["upstream_request_ids"] for x in lines] == [sent[:2], sent[2:]]
 
 
 async def test_health_aliases(

@@ -199,8 +199,8 @@ async def test_embeddings_are_the_same_vectors(
 
 
 async def test_request_ids_the_server_accepts(sidecar: Sidecar, llama: Server) -> None:
-    """The root cause of the 400s: the id the sidecar makes is a UUID the server takes; a
-    client's UUID is passed on and is the one the server answers with."""
+    """The root cause of the 400s: the id the sidecar makes is a UUID the server takes. A
+    client's own id, UUID or not, is the client's answer, and the server gets one made here."""
     body = {"model": "tiny", "messages": CHAT, "max_tokens": 2}
     given = str(uuid.uuid4())
     async with aiohttp.ClientSession() as http:
@@ -211,6 +211,10 @@ async def test_request_ids_the_server_accepts(sidecar: Sidecar, llama: Server) -
             sidecar.url + "/v1/chat/completions", json=body, headers={"X-Request-Id": given}
         ) as r:
             assert r.status == 200 and r.headers["x-request-id"] == given
+        async with http.post(
+            sidecar.url + "/v1/chat/completions", json=body, headers={"X-Request-Id": "abc-1"}
+        ) as r:
+            assert r.status == 200 and r.headers["x-request-id"] == "abc-1"
         # The server's own check, straight: a non-UUID id is what it refuses, empty-bodied.
         async with http.post(
             llama.base + "/chat/completions", json=body, headers={"X-Request-Id": "abc-1"}
