@@ -8,7 +8,7 @@ Messages never contain a key: callers pass only names and public facts.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import orjson
 from aiohttp import web
@@ -155,15 +155,24 @@ def upstream_failure(exc: UpstreamError, deployment: str) -> GatewayError:
 ERROR_SNIPPET = 300  # characters of a non-JSON upstream error shown to the client
 
 
-def upstream_not_json(status: int, body: bytes, deployment: str) -> GatewayError:
+def upstream_not_json(
+    status: int, reason: str, body: bytes, deployment: str, secrets: Iterable[str] = ()
+) -> GatewayError:
     """An upstream error that is not JSON (an HTML page from a load balancer, a plain-text
-    message), turned into the OpenAI shape that clients parse, with the same status."""
-    text = " ".join(body[: ERROR_SNIPPET * 4].decode("utf-8", "replace").split())
+    message, an empty body), turned into the OpenAI shape that clients parse, with the same
+    status, its reason phrase and the start of its body. An upstream may quote the key it was
+    sent ("invalid key sk-..."): the deployment's keys are blanked out of what is shown."""
+    text = body[: ERROR_SNIPPET * 4].decode("utf-8", "replace")
+    for secret in secrets:
+        text = text.replace(secret, "[redacted]")
+    text = " ".join(text.split())
     if len(text) > ERROR_SNIPPET:
         text = text[:ERROR_SNIPPET] + "..."
+    said = f"{status} {reason}" if reason else str(status)
     return GatewayError(
         status,
-        f"Upstream '{deployment}' answered {status}" + (f": {text}" if text else "."),
+        f"Upstream '{deployment}' answered {said}"
+        + (f": {text}" if text else ", with an empty body."),
         UPSTREAM,
         "upstream_error",
         headers={DEPLOYMENT_HEADER: deployment},

@@ -30,12 +30,16 @@ class Failure:
     retry_hint: float = 0.0  # seconds until the group takes calls again, when it is known
 
     @classmethod
-    def of_reply(cls, exchange: Exchange, body: bytes, named: dict[str, str]) -> Failure:
+    def of_reply(
+        cls, exchange: Exchange, body: bytes, named: dict[str, str], secrets: tuple[str, ...]
+    ) -> Failure:
         """An upstream's error reply, relayed as it came when nothing else answers (or, when it
         is not JSON, in the OpenAI shape, as pipe.relay would have sent it)."""
         headers, content_type = reply_headers(exchange.headers, named)
         if not is_json(content_type):
-            error = errors.upstream_not_json(exchange.status, body, named[DEPLOYMENT_HEADER])
+            error = errors.upstream_not_json(
+                exchange.status, exchange.reason, body, named[DEPLOYMENT_HEADER], secrets
+            )
             return cls(
                 error, headers=[(k, v) for k, v in headers.items() if k.lower() == "retry-after"]
             )

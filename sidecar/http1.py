@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 
 MAX_HEAD = 64 * 1024  # bytes of status line and header fields an upstream may send
+MAX_REASON = 13 + 64  # bytes of a status line kept for its reason phrase
 MAX_CHUNK_LINE = 4096  # bytes of a chunk-size line, extensions included
 
 
@@ -52,6 +53,7 @@ class ResponseParser:
         "on_body",
         "on_end",
         "on_head",
+        "reason",
     )
 
     def __init__(
@@ -68,6 +70,7 @@ class ResponseParser:
         self._left = 0
         self.keep_alive = True  # False once the reply says the connection is not reusable
         self.length: int | None = None  # the body's length, when the head states it
+        self.reason = ""  # the status line's reason phrase, for error messages
 
     @property
     def done(self) -> bool:
@@ -188,6 +191,8 @@ class ResponseParser:
             raise ProtocolError("bad status line") from None
         if not 100 <= status <= 999 or status_line[8:9] != b" ":
             raise ProtocolError("bad status line")
+        reason = status_line[13:MAX_REASON].decode("latin-1")
+        self.reason = reason if reason.isprintable() else ""
         headers: Headers = []
         length: int | None = None
         chunked = False

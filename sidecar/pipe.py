@@ -29,6 +29,7 @@ async def relay(
     exchange: Exchange,
     named: dict[str, str],
     translation: TextToChat | None = None,
+    secrets: tuple[str, ...] = (),
 ) -> web.StreamResponse:
     """Send the upstream's reply to the client, through `translation` when there is one (error
     replies never are), with our `named` headers added. Ends `exchange` in every case."""
@@ -40,7 +41,9 @@ async def relay(
                 body = await exchange.read_all(ERROR_BODY_LIMIT)
             except UpstreamError as exc:
                 raise errors.upstream_failure(exc, deployment_id) from None
-            raise errors.upstream_not_json(exchange.status, body, deployment_id)
+            raise errors.upstream_not_json(
+                exchange.status, exchange.reason, body, deployment_id, secrets
+            )
         if exchange.status >= 400:
             translation = None
         is_sse = content_type.startswith("text/event-stream")

@@ -453,7 +453,7 @@ class Gateway:
                     finally:
                         exchange.close()
                         router.finished(deployment)
-                    last = Failure.of_reply(exchange, reply, named)
+                    last = Failure.of_reply(exchange, reply, named, deployment.secrets)
                     tried.add(deployment.id)
                     asked = last.retry_after()
                     if asked > MAX_RETRY_AFTER:
@@ -464,7 +464,9 @@ class Gateway:
                 streaming = outcome.stream and status < 400
                 self.metrics.streams_in_flight += streaming
                 try:
-                    return await pipe.relay(request, exchange, named, translation)
+                    return await pipe.relay(
+                        request, exchange, named, translation, deployment.secrets
+                    )
                 except errors.GatewayError as exc:
                     exc.headers = {**(exc.headers or {}), ATTEMPTS_HEADER: str(outcome.attempts)}
                     raise

@@ -232,6 +232,11 @@ class Exchange:
     # Consumer side.
 
     @property
+    def reason(self) -> str:
+        """The reply's reason phrase ("Bad Request"), or "" when it gave none."""
+        return self._parser.reason
+
+    @property
     def length(self) -> int | None:
         """The body's length, when the reply's head states it."""
         return self._parser.length

@@ -297,6 +297,37 @@ async def test_non_json_upstream_error_becomes_openai_shaped(
     assert "502 Bad Gateway" in str(error["message"]) and "\n" not in str(error["message"])
 
 
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        (b"", "answered 400 Bad Request, with an empty body."),
+        (b"denied: key sk-upstream-SECRET-1 is not valid", "answered 403 Forbidden: denied: key"),
+    ],
+)
+async def test_a_non_json_error_says_its_reason_and_body_never_the_key(
+    body: bytes,
+    shown: str,
+    upstream: FakeUpstream,
+    make_sidecar: MakeSidecar,
+    http: aiohttp.ClientSession,
+) -> None:
+    """llama.cpp's server once answered every call with an empty 400: the client must learn
+    at least the status line. An upstream that quotes the key it got must not echo it."""
+    status = 400 if not body else 403
+
+    async def plain(request: web.Request, got: Received) -> web.Response:
+        return web.Response(status=status, body=body, content_type="text/plain")
+
+    upstream.scripts["/v1/chat/completions"] = plain
+    sidecar = await make_sidecar(vllm(upstream) + "      api_key: sk-upstream-SECRET-1\n")
+    async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT) as r:
+        assert r.status == status
+        raw = await r.read()
+        error = assert_error_shape(raw)
+    assert shown in str(error["message"])
+    assert b"SECRET" not in raw
+
+
 async def test_unreachable_names_the_deployment(
     make_sidecar: MakeSidecar, http: aiohttp.ClientSession
 ) -> None:

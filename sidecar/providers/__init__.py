@@ -113,6 +113,7 @@ def build(
             params.stream_timeout if params.stream_timeout is not None else default_stream_timeout
         ),
         origin=origin,
+        secrets=tuple(_secrets(headers)),
         heads=heads,
         model_slots=model_slots,
         chat_over_text=params.provider in CHAT_OVER_TEXT,
@@ -123,3 +124,15 @@ def build(
         weight=params.weight,
         max_retries=params.max_retries,
     )
+
+
+def _secrets(headers: Mapping[str, str]) -> list[str]:
+    """The key values in a deployment's headers, as an upstream could quote them back."""
+    found = []
+    for name, value in headers.items():
+        if name.lower() in ("authorization", "api-key") and value:
+            found.append(value)
+            scheme, _, token = value.partition(" ")
+            if token and scheme.lower() == "bearer":
+                found.append(token)
+    return found
