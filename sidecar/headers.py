@@ -24,7 +24,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Set by our own server for our connection to the client; an upstream's copy would be a duplicate.
-_OURS = frozenset({"content-length", "date", "server", "set-cookie"})
+# (Set-Cookie is end to end, the upstream's to set: sticky sessions behind a balancer use it.)
+_OURS = frozenset({"content-length", "date", "server"})
 _NOT_RELAYED = HOP_BY_HOP | _OURS
 
 DEPLOYMENT_HEADER = "x-sidecar-deployment"  # which deployment served

@@ -535,7 +535,11 @@ async def _mock(
             "unsupported_endpoint",
         )
     text = deployment.mock_response or ""
-    headers = {DEPLOYMENT_HEADER: deployment.id, ATTEMPTS_HEADER: str(outcome.attempts)}
+    headers = {
+        DEPLOYMENT_HEADER: deployment.id,
+        ATTEMPTS_HEADER: str(outcome.attempts),
+        REQUEST_ID_HEADER: outcome.request_id,  # a stream's head leaves before handle() ends
+    }
     if body.get("stream"):
         return await pipe.send_events(request, mock.stream(body, endpoint, model, text), headers)
     return web.Response(

@@ -163,6 +163,36 @@ async def test_each_attempt_sends_the_upstream_its_own_request_id(
     assert [x["upstream_request_ids"] for x in lines] == [sent[:2], sent[2:]]
 
 
+async def test_upstream_set_cookie_headers_are_relayed(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    async def cookies(request: web.Request, got: Received) -> web.StreamResponse:
+        response = web.json_response({"choices": []})
+        response.headers.add("Set-Cookie", "route=a1; Path=/")
+        response.headers.add("Set-Cookie", "aff=b2; Path=/; HttpOnly")
+        return response
+
+    upstream.scripts["/v1/chat/completions"] = cookies
+    sidecar = await make_sidecar(vllm(upstream))
+    async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT) as r:
+        assert r.headers.getall("Set-Cookie") == ["route=a1; Path=/", "aff=b2; Path=/; HttpOnly"]
+
+
+async def test_a_streamed_mock_reply_has_a_request_id(
+    make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    sidecar = await make_sidecar(
+        "model_list:\n  - model_name: m\n    litellm_params: {model: openai/m, mock_response: hi}\n"
+    )
+    for stream in (True, False):
+        body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": stream}
+        async with http.post(
+            sidecar.url + "/v1/chat/completions", json=body, headers={"X-Request-Id": "mine"}
+        ) as r:
+            assert r.status == 200 and r.headers.getall("x-request-id") == ["mine"]
+            await r.read()
+
+
 async def test_health_aliases(
     upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
 ) -> None:
