@@ -5,6 +5,8 @@ Pure functions: bytes in, a dict or bytes out, BadRequest-shaped GatewayErrors f
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +26,8 @@ def parse(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
         raise errors.bad_request(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise errors.bad_request("The request body must be a JSON object.")
+    if _LONG_NUMBER.search(raw):
+        _refuse_wide_integers(raw)
     model = body.get("model")
     if model is None:
         raise errors.bad_request("You must provide a model parameter.", "model")
@@ -46,6 +50,45 @@ def parse(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
     elif endpoint is Endpoint.EMBEDDINGS and "input" not in body:
         raise errors.bad_request("You must provide an input parameter.", "input")
     return body
+
+
+# orjson reads integers outside [-2**63, 2**64) as floats, and would send a 30-digit seed on as
+# 1.2345678901234568e+29. A number of 19 digits or more is rare enough to look at closely: the
+# stdlib parses it exactly, and one out of range is refused, naming its field.
+_LONG_NUMBER = re.compile(rb"\d{19}")
+_INT_RANGE = range(-(2**63), 2**64)
+
+
+def _refuse_wide_integers(raw: bytes) -> None:
+    try:
+        where = _wide_integer(json.loads(raw), "")
+    except (ValueError, RecursionError):  # nesting too deep for the stdlib: say so plainly
+        where = ".(a number nested too deep to check)"
+    if where is not None:
+        field = where.lstrip(".")
+        raise errors.bad_request(
+            f"'{field}' is an integer beyond 64 bits, which this gateway cannot pass on "
+            "unchanged; send it as a string or a smaller number.",
+            field,
+            "integer_out_of_range",
+        )
+
+
+def _wide_integer(value: Any, path: str) -> str | None:
+    """The path of the first integer outside 64 bits in a parsed body, if any."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return path if value not in _INT_RANGE else None
+    if isinstance(value, dict):
+        items: Any = ((f"{path}.{k}", v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for where, item in items:
+        found = _wide_integer(item, where)
+        if found is not None:
+            return found
+    return None
 
 
 def _is_prompt(prompt: Any) -> bool:

@@ -226,3 +226,26 @@ async def test_reload_keeps_the_pooled_connections(
         model="mistral", messages=[{"role": "user", "content": "b"}]
     )
     assert len({got.peer for got in upstream.received}) == 1  # the same upstream connection
+
+
+async def test_integers_beyond_64_bits_are_refused_not_rounded(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    """orjson reads them as floats: a 30-digit seed once reached the upstream as 1.23e+29."""
+    import aiohttp
+
+    sidecar = await make_sidecar(vllm(upstream))
+    url = sidecar.url + "/v1/chat/completions"
+    head = b'{"model": "mistral", "messages": [{"role": "user", "content": "call 12345678901234567890123"}]'
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=head + b', "seed": 123456789012345678901234567890}') as r:
+            assert r.status == 400
+            error = (await r.json())["error"]
+        assert error["param"] == "seed" and error["code"] == "integer_out_of_range"
+        assert upstream.received == []
+        # The largest 64-bit values, and long digit runs inside strings, pass unchanged.
+        for value in (b"18446744073709551615", b"-9223372036854775808"):
+            async with http.post(url, data=head + b', "seed": ' + value + b"}") as r:
+                assert r.status == 200
+            assert b'"seed":' + value in upstream.last.body
+            assert b"call 12345678901234567890123" in upstream.last.body
