@@ -179,6 +179,16 @@ def upstream_not_json(
     )
 
 
+def head_too_large(field_bytes: int, headers: int) -> GatewayError:
+    return GatewayError(
+        431,
+        f"The request head is too large: a request line or header field over {field_bytes} "
+        f"bytes, or more than {headers} header fields.",
+        INVALID_REQUEST,
+        "request_header_fields_too_large",
+    )
+
+
 def too_many_connections() -> GatewayError:
     return GatewayError(
         503,

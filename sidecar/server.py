@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
@@ -60,7 +61,9 @@ class _Handler(RequestHandler):
         )
         if request.writer.output_size > 0:
             raise ConnectionError("the reply had started; the connection is dropped")
-        if status == 400:
+        if status == 400 and _head_too_large(exc):
+            failure = errors.head_too_large(MAX_FIELD_BYTES, MAX_HEADERS)
+        elif status == 400:
             failure = errors.bad_request("Malformed HTTP request.", code="malformed_request")
         elif status == 413:
             failure = errors.too_large(request.client_max_size)
@@ -69,6 +72,17 @@ class _Handler(RequestHandler):
         response = failure.response()
         response.force_close()
         return response
+
+
+# aiohttp's limits on a request head, named here because the 431 message states them.
+MAX_FIELD_BYTES = 8190  # a request line, a header name or value
+MAX_HEADERS = 128  # header fields
+
+
+def _head_too_large(exc: BaseException | None) -> bool:
+    return isinstance(exc, LineTooLong) or (
+        isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message
+    )
 
 
 OVER_LIMIT_GRACE = 2.0  # seconds a connection past max_connections has to send its request
@@ -177,6 +191,9 @@ async def start(
         keepalive_timeout=KEEPALIVE_TIMEOUT,
         max_connections=config.server.max_connections,
         over_limit=gateway.handle_over_limit,
+        max_line_size=MAX_FIELD_BYTES,
+        max_field_size=MAX_FIELD_BYTES,
+        max_headers=MAX_HEADERS,
     )
     runner = web.ServerRunner(server, shutdown_timeout=config.server.drain_timeout)
     await runner.setup()

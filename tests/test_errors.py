@@ -414,3 +414,32 @@ async def test_expect_100_continue(upstream: FakeUpstream, make_sidecar: MakeSid
     )
     assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)).startswith(b"HTTP/1.1 413")
     writer.close()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"X-Big: " + b"a" * 9000 + b"\r\n",  # one field over 8,190 bytes
+        b"".join(b"X-H%d: 1\r\n" % i for i in range(130)),  # more than 128 fields
+    ],
+    ids=["long-field", "many-fields"],
+)
+async def test_a_request_head_over_the_limits_is_431(
+    extra: bytes, upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(vllm(upstream))
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.running.port)
+    writer.write(b"GET /health/liveliness HTTP/1.1\r\nHost: x\r\n" + extra + b"\r\n")
+    reply = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"431", head
+    assert b'"code":"request_header_fields_too_large"' in body
+    # Just under the limits is fine.
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.running.port)
+    under = b"".join(b"X-H%d: 1\r\n" % i for i in range(120)) + b"X-Big: " + b"a" * 8000 + b"\r\n"
+    writer.write(
+        b"GET /health/liveliness HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + under + b"\r\n"
+    )
+    assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200")
+    writer.close()
