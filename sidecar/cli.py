@@ -61,7 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in config.warnings:
         print(f"sidecar: warning: {config.path}: {warning}", file=sys.stderr)
     if args.check:
-        print(describe(config))
+        try:
+            print(describe(config), flush=True)
+        except BrokenPipeError:
+            # `sidecar --check | head` closed the pipe: what it wanted was read. Python's own
+            # recipe: point stdout at /dev/null so that the exit's flush does not fail too.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     host = args.host if args.host is not None else config.server.host
     port = args.port if args.port is not None else config.server.port
@@ -93,25 +98,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Made before any worker starts, so that all of them accept on the one socket.
         uds = server.unix_socket(uds_path) if uds_path else None
+        uds_inode = os.stat(uds_path).st_ino if uds_path else 0
     except OSError as exc:
         print(f"sidecar: cannot listen on {uds_path}: {server.bind_error(exc)}", file=sys.stderr)
         return 1
-    if workers == 1:
-        try:
-            server.run(config, host, port, uds=uds, admin_port=admin_port)
-        except OSError as exc:
-            print(f"sidecar: cannot listen: {server.bind_error(exc)}", file=sys.stderr)
-            return 1
-        return 0
-    from sidecar.workers import supervise
+    try:
+        if workers == 1:
+            try:
+                server.run(config, host, port, uds=uds, admin_port=admin_port)
+            except OSError as exc:
+                print(f"sidecar: cannot listen: {server.bind_error(exc)}", file=sys.stderr)
+                return 1
+            return 0
+        from sidecar.workers import supervise
 
-    return supervise(
-        workers,
-        config,
-        lambda table: server.run(
-            table, host, port, reuse_port=True, worker=True, uds=uds, admin_port=admin_port
-        ),
-    )
+        return supervise(
+            workers,
+            config,
+            lambda table: server.run(
+                table, host, port, reuse_port=True, worker=True, uds=uds, admin_port=admin_port
+            ),
+        )
+    finally:
+        if uds_path:
+            server.remove_unix_socket(uds_path, uds_inode)
 
 
 def _workers(text: str) -> int:

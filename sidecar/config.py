@@ -291,7 +291,7 @@ def _deployment(
         entry_id = f"{params.provider}/{params.model}#{index}"
     elif not isinstance(entry_id, str | int) or isinstance(entry_id, bool):
         raise ConfigError(f"{where}.model_info.id", "must be a string")
-    return providers.build(
+    deployment = providers.build(
         str(entry_id),
         group,
         params,
@@ -300,6 +300,10 @@ def _deployment(
         f"{where}.litellm_params",
         router.stream_timeout,
     )
+    unusual = providers.api_base_warning(deployment)
+    if unusual is not None:
+        warnings.append(f"{where}.litellm_params.api_base: {unusual}")
+    return deployment
 
 
 _PARAM_TYPES: dict[str, tuple[type, ...]] = {
@@ -563,6 +567,15 @@ def _server_settings(raw: Mapping[str, Any]) -> ServerSettings:
     if values.get("drain_timeout", 0) < 0:
         raise ConfigError("sidecar_settings.drain_timeout", "must not be negative")
     return ServerSettings(**values)
+
+
+# What a running process cannot change without a restart: its sockets and its processes.
+_LISTENING = ("host", "port", "workers", "uds", "admin_port", "admin_host")
+
+
+def restart_needed(old: ServerSettings, new: ServerSettings) -> list[str]:
+    """The sidecar_settings a reload changed that take effect only on restart."""
+    return [f"sidecar_settings.{k}" for k in _LISTENING if getattr(old, k) != getattr(new, k)]
 
 
 def workers_auto() -> int:

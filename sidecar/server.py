@@ -216,8 +216,9 @@ async def start(
     return Running(gateway, runner, _bound(runner, port), admin, admin_port)
 
 
-def reload(running: Running, path: str) -> bool:
-    """Load the file again; an invalid one is refused and the table in service is kept."""
+def reload(running: Running, path: str, announce: bool = True) -> bool:
+    """Load the file again; an invalid one is refused and the table in service is kept.
+    `announce`: say what of it needs a restart (a supervisor's workers leave that to it)."""
     try:
         new = configs.load(path)
     except ConfigError as exc:
@@ -225,9 +226,21 @@ def reload(running: Running, path: str) -> bool:
         return False
     for warning in new.warnings:
         log.warning("%s: %s", path, warning)
+    if announce:
+        warn_restart_needed(running.gateway.state.config, new)
     running.gateway.reload(new)
     log.info("reloaded %s: %d deployments", path, len(new.deployments))
     return True
+
+
+def warn_restart_needed(old: Config, new: Config) -> None:
+    changed = configs.restart_needed(old.server, new.server)
+    if changed:
+        log.warning(
+            "%s: %s changed; the listeners and workers keep their settings until a restart",
+            new.path,
+            ", ".join(changed),
+        )
 
 
 async def serve(
@@ -256,7 +269,7 @@ async def serve(
     stops = (signal.SIGTERM,) if worker else (signal.SIGTERM, signal.SIGINT)
     for sig in stops:
         loop.add_signal_handler(sig, stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, reload, running, config.path)
+    loop.add_signal_handler(signal.SIGHUP, reload, running, config.path, not worker)
     tasks = []
     if worker:
         # The supervisor watches the file and sends SIGHUP, so that it always knows the table
@@ -316,6 +329,14 @@ def unix_socket(path: str) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def remove_unix_socket(path: str, inode: int) -> None:
+    """Remove the socket's file on a clean stop, if it is still the one we bound (`inode`),
+    not one a newer process put there since."""
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
 
 
 def fingerprint(path: str) -> tuple[int, int, int] | None:

@@ -72,13 +72,15 @@ def supervise(count: int, config: Config, run: Callable[[Config], None]) -> int:
         from now on serve, and every worker is told to load it too."""
         nonlocal current
         try:
-            current = configs.load(current.path)
+            new = configs.load(current.path)
         except ConfigError as exc:
             log.error("reload refused, keeping the current table: %s", exc)
             return
         except Exception:  # the supervisor must outlive any bad file
             log.exception("reload refused, keeping the current table")
             return
+        server.warn_restart_needed(current, new)
+        current = new
         forward(signal.SIGHUP)
 
     def on_signal(sig: int, _frame: object) -> None:

@@ -60,6 +60,37 @@ def test_check_reports_one_clear_error(tmp_path: Path) -> None:
     )
 
 
+def test_check_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`sidecar --check | head -2`: head leaves early; no BrokenPipeError traceback."""
+    entry = "  - model_name: m{0}\n    litellm_params: {{model: openai/m{0}, mock_response: hi}}\n"
+    path = tmp_path / "big.yaml"
+    path.write_text("model_list:\n" + "".join(entry.format(i) for i in range(3000)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "--config", str(path), "--check"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().endswith(b"OK, 3000 deployments\n")
+    proc.stdout.close()  # more than a pipe's buffer is still to come
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(30) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_check_warns_of_an_api_base_without_v1(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        "model_list:\n  - model_name: a\n    litellm_params: {model: hosted_vllm/a, api_base: 'http://vllm:8000'}\n"
+        "  - model_name: b\n    litellm_params: {model: hosted_vllm/b, api_base: 'http://vllm:8000/v1/'}\n"
+    )
+    done = sidecar("--config", str(path), "--check")
+    assert done.returncode == 0
+    (warning,) = [line for line in done.stderr.splitlines() if "api_base" in line]
+    assert "model_list[0].litellm_params.api_base: its path '/' does not end in /v1" in warning
+
+
 def test_check_never_prints_a_key(tmp_path: Path) -> None:
     path = tmp_path / "keys.yaml"
     path.write_text(

@@ -343,6 +343,44 @@ async def test_unix_socket(tmp_path: Path) -> None:
     finally:
         code, _, _ = stop(proc)
     assert code == 0
+    assert not os.path.exists(path)  # a clean stop leaves no socket file behind
+
+
+async def test_unix_socket_with_workers_is_removed_on_stop(tmp_path: Path) -> None:
+    path = str(tmp_path / "sidecar.sock")
+    config = Path(__file__).resolve().parent.parent / "deploy" / "config.example.yaml"
+    proc, port = start(config, "--uds", path, "--workers", "2")
+    try:
+        await wait_ready(port)
+        assert os.path.exists(path)
+    finally:
+        code, _, err = stop(proc)
+    assert code == 0, err
+    assert not os.path.exists(path)
+
+
+async def test_a_reload_that_moves_the_listener_says_it_needs_a_restart(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    table = "model_list:\n  - model_name: {0}\n    litellm_params: {{model: openai/{0}, mock_response: hi}}\n"
+    config.write_text(table.format("first"))
+    proc, port = start(config)
+    try:
+        await wait_ready(port)
+        config.write_text(
+            table.format("second") + "sidecar_settings:\n  port: 4999\n  workers: 2\n"
+        )
+
+        async def reloaded() -> list[str]:
+            return await models(port)
+
+        await eventually(reloaded, ["second"])  # the table reloads; the port stays
+    finally:
+        code, _, err = stop(proc)
+    assert code == 0
+    assert (
+        "sidecar_settings.port, sidecar_settings.workers changed; the listeners and workers keep their settings until a restart"
+        in err
+    )
 
 
 async def test_sigterm_lets_a_stream_finish(tmp_path: Path, upstream: FakeUpstream) -> None:

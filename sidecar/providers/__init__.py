@@ -136,3 +136,19 @@ def _secrets(headers: Mapping[str, str]) -> list[str]:
             if token and scheme.lower() == "bearer":
                 found.append(token)
     return found
+
+
+def api_base_warning(deployment: Deployment) -> str | None:
+    """OpenAI-style upstreams take the endpoint path appended to api_base as it is, and serve
+    their routes under /v1: a base without it (http://vllm:8000) sends every call to a path the
+    server does not have (/chat/completions). A warning, not an error: some bases differ."""
+    if deployment.provider in MODEL_IN_PATH:
+        return None  # Azure's paths are built here, not appended
+    for endpoint, url in deployment.urls.items():
+        base = url.path[: -len(endpoint.value)]
+        if not base.rstrip("/").endswith("/v1"):
+            return (
+                f"its path '{base or '/'}' does not end in /v1, so calls go to "
+                f"'{base}{endpoint.value}'; OpenAI-compatible servers serve '/v1{endpoint.value}'"
+            )
+    return None
