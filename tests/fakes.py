@@ -92,6 +92,20 @@ class FakeUpstream:
         return web.json_response({"error": {"message": "no such route"}}, status=404)
 
 
+def fails_first(count: int, then: Script) -> Script:
+    """A script that answers its first `count` calls with a 503, then as `then` does."""
+    calls = 0
+
+    async def script(request: web.Request, got: Received) -> web.StreamResponse:
+        nonlocal calls
+        calls += 1
+        if calls <= count:
+            return web.json_response({"error": {"message": "blip"}}, status=503)
+        return await then(request, got)
+
+    return script
+
+
 def chat_chunks(model: str, words: list[str]) -> list[bytes]:
     """A chat stream as an OpenAI server sends it, one event per chunk."""
     created = int(time.time())

@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import MakeSidecar
-from tests.fakes import FakeUpstream, Received, chat_chunks
+from tests.fakes import FakeUpstream, Received, chat, chat_chunks, fails_first
 from tests.test_cli import eventually, models, wait_ready
 from tests.test_errors import free_port
 from tests.test_gateway import vllm
@@ -137,16 +137,7 @@ async def test_each_attempt_sends_the_upstream_its_own_request_id(
 ) -> None:
     """vLLM tracks requests by X-Request-Id: a retry, or two clients that send one id, must
     never reach it with an id already in use. The log ties the client's id to each attempt's."""
-    calls = 0
-
-    async def fails_once(request: web.Request, got: Received) -> web.StreamResponse:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            return web.json_response({"error": {"message": "blip"}}, status=503)
-        return web.json_response({"choices": []})
-
-    upstream.scripts["/v1/chat/completions"] = fails_once
+    upstream.scripts["/v1/chat/completions"] = fails_first(1, chat)
     sidecar = await make_sidecar(vllm(upstream))
     async with aiohttp.ClientSession() as http:
         for _ in range(2):

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import MakeSidecar
-from tests.fakes import FakeUpstream, HangUp, Received, chat, chat_chunks
+from tests.fakes import FakeUpstream, HangUp, Received, chat, chat_chunks, fails_first
 from tests.test_errors import free_port
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -199,16 +199,7 @@ async def test_a_lone_deployment_is_asked_again(
     faulty: Callable[[], Awaitable[Faulty]], make_sidecar: MakeSidecar, http: aiohttp.ClientSession
 ) -> None:
     only = await faulty()
-    calls = 0
-
-    async def flaky(request: web.Request, got: Received) -> web.StreamResponse:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            return web.json_response({"error": {"message": "blip"}}, status=503)
-        return await chat(request, got)
-
-    only.upstream.scripts["/v1/chat/completions"] = flaky
+    only.upstream.scripts["/v1/chat/completions"] = fails_first(1, chat)
     sidecar = await make_sidecar("model_list:\n" + entry("m", only.upstream.base, "only"))
     assert await send(http, sidecar.url) == (200, "only", "2")
 
