@@ -82,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sidecar import server  # imported late: --check and --version stay quick
 
     admin_port = args.admin_port if args.admin_port is not None else config.server.admin_port
+    if admin_port == port and port != 0:
+        print("sidecar: the admin port must differ from the API's port", file=sys.stderr)
+        return 2
     listeners = [(host, port)]
     if admin_port is not None:
         listeners.append((config.server.admin_host, admin_port))

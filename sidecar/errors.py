@@ -162,9 +162,7 @@ def upstream_not_json(
     message, an empty body), turned into the OpenAI shape that clients parse, with the same
     status, its reason phrase and the start of its body. An upstream may quote the key it was
     sent ("invalid key sk-..."): the deployment's keys are blanked out of what is shown."""
-    text = body[: ERROR_SNIPPET * 4].decode("utf-8", "replace")
-    for secret in secrets:
-        text = text.replace(secret, "[redacted]")
+    text = redact(body, secrets)[: ERROR_SNIPPET * 4].decode("utf-8", "replace")
     text = " ".join(text.split())
     if len(text) > ERROR_SNIPPET:
         text = text[:ERROR_SNIPPET] + "..."
@@ -187,6 +185,14 @@ def head_too_large(field_bytes: int, headers: int) -> GatewayError:
         INVALID_REQUEST,
         "request_header_fields_too_large",
     )
+
+
+def redact(body: bytes, secrets: Iterable[str]) -> bytes:
+    """An upstream's error body with the deployment's keys blanked out: an upstream may quote
+    the key it was sent ("invalid key sk-..."), and no key of ours may reach a client."""
+    for secret in secrets:
+        body = body.replace(secret.encode("latin-1"), b"[redacted]")
+    return body
 
 
 def too_many_connections() -> GatewayError:

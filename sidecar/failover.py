@@ -34,7 +34,9 @@ class Failure:
         cls, exchange: Exchange, body: bytes, named: dict[str, str], secrets: tuple[str, ...]
     ) -> Failure:
         """An upstream's error reply, relayed as it came when nothing else answers (or, when it
-        is not JSON, in the OpenAI shape, as pipe.relay would have sent it)."""
+        is not JSON, in the OpenAI shape, as pipe.relay would have sent it); the deployment's
+        keys blanked out of it either way."""
+        body = errors.redact(body, secrets)
         headers, content_type = reply_headers(exchange.headers, named)
         if not is_json(content_type):
             error = errors.upstream_not_json(

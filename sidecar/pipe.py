@@ -47,13 +47,16 @@ async def relay(
         if exchange.status >= 400:
             translation = None
         is_sse = content_type.startswith("text/event-stream")
-        if not is_sse and (exchange.length is not None or translation is not None):
+        failed = exchange.status >= 400  # read whole, chunked or not: errors are small
+        if not is_sse and (exchange.length is not None or translation is not None or failed):
             try:
                 body = await exchange.read_all()
             except UpstreamError as exc:
                 raise errors.upstream_failure(exc, deployment_id) from None
             if translation is not None:
                 body = translation.reply(body)
+            elif failed and secrets:
+                body = errors.redact(body, secrets)
             return web.Response(status=exchange.status, body=body, headers=headers)
         if is_sse:
             # Added where the upstream said nothing: its own choice (llama.cpp's server sends

@@ -85,6 +85,13 @@ def _head_too_large(exc: BaseException | None) -> bool:
     )
 
 
+# What every listener's connections are held to.
+_PROTOCOL: dict[str, Any] = {
+    "keepalive_timeout": KEEPALIVE_TIMEOUT,
+    "max_line_size": MAX_FIELD_BYTES,
+    "max_field_size": MAX_FIELD_BYTES,
+    "max_headers": MAX_HEADERS,
+}
 OVER_LIMIT_GRACE = 2.0  # seconds a connection past max_connections has to send its request
 
 
@@ -145,7 +152,9 @@ async def _admin(
     gateway: Gateway, host: str, port: int, reuse_port: bool
 ) -> tuple[web.ServerRunner, int]:
     """The admin listener: health and metrics only, no connection limit, a short drain."""
-    server = web.Server(gateway.handle_admin, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT)
+    # Our handler class and head limits as on the API's listener: a malformed request is never
+    # echoed or logged with its bytes here either.
+    server = _Server(gateway.handle_admin, access_log=None, **_PROTOCOL)
     runner = web.ServerRunner(server, shutdown_timeout=1.0)
     await runner.setup()
     try:
@@ -188,12 +197,9 @@ async def start(
         request_factory=make_request,
         handler_cancellation=True,
         access_log=None,
-        keepalive_timeout=KEEPALIVE_TIMEOUT,
         max_connections=config.server.max_connections,
         over_limit=gateway.handle_over_limit,
-        max_line_size=MAX_FIELD_BYTES,
-        max_field_size=MAX_FIELD_BYTES,
-        max_headers=MAX_HEADERS,
+        **_PROTOCOL,
     )
     runner = web.ServerRunner(server, shutdown_timeout=config.server.drain_timeout)
     await runner.setup()

@@ -345,6 +345,12 @@ async def test_a_second_instance_with_workers_cannot_share_the_port(tmp_path: Pa
     assert code == 0
 
 
+def test_the_admin_port_must_differ_from_the_apis() -> None:
+    done = sidecar("--config", str(EXAMPLES[0]), "--port", "4100", "--admin-port", "4100")
+    assert done.returncode == 2
+    assert "the admin port must differ from the API's port" in done.stderr
+
+
 def test_port_out_of_range() -> None:
     done = sidecar("--config", str(EXAMPLES[0]), "--port", "99999")
     assert done.returncode == 2

@@ -328,6 +328,32 @@ async def test_a_non_json_error_says_its_reason_and_body_never_the_key(
     assert b"SECRET" not in raw
 
 
+async def test_no_upstream_error_reply_echoes_a_key(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    """Whatever the shape of the reply, and wherever the key falls in a long one."""
+    replies = [
+        web.Response(status=401, body=b" " * 1178 + b"invalid key sk-upstream-SECRET-1 given"),
+        web.json_response({"error": {"message": "bad key sk-upstream-SECRET-1"}}, status=401),
+        web.json_response({"error": {"message": "bad x-api-key xk-extra-SECRET-2"}}, status=403),
+    ]
+
+    async def quoting(request: web.Request, got: Received) -> web.StreamResponse:
+        return replies.pop(0)
+
+    upstream.scripts["/v1/chat/completions"] = quoting
+    sidecar = await make_sidecar(
+        vllm(upstream)
+        + "      api_key: sk-upstream-SECRET-1\n      extra_headers: {x-api-key: xk-extra-SECRET-2}\n"
+        + "router_settings:\n  num_retries: 0\n"
+    )
+    for status in (401, 401, 403):
+        async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT) as r:
+            assert r.status == status
+            raw = await r.read()
+        assert b"SECRET" not in raw and b"[redacted]" in raw, raw
+
+
 async def test_unreachable_names_the_deployment(
     make_sidecar: MakeSidecar, http: aiohttp.ClientSession
 ) -> None:

@@ -218,6 +218,12 @@ async def test_admin_listener_serves_health_and_metrics_only(
     assert upstream.received == []
     async with http.get(sidecar.url + "/v1/models", headers=auth) as r:
         assert r.status == 200  # the API stays where it was
+    # A malformed request gets our JSON 400 there too, never its bytes echoed.
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.running.admin_port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer sk-CLIENT-SECRET\x01\r\n\r\n")
+    reply = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert b'"code":"malformed_request"' in reply and b"SECRET" not in reply
     sidecar.running.gateway.draining = True
     async with http.get(admin + "/health/readiness") as r:
         assert r.status == 503

@@ -126,16 +126,20 @@ def build(
     )
 
 
+MIN_SECRET = 8  # characters: shorter header values ("1", "true") are no key worth blanking
+
+
 def _secrets(headers: Mapping[str, str]) -> list[str]:
-    """The key values in a deployment's headers, as an upstream could quote them back."""
-    found = []
-    for name, value in headers.items():
-        if name.lower() in ("authorization", "api-key") and value:
-            found.append(value)
-            scheme, _, token = value.partition(" ")
-            if token and scheme.lower() == "bearer":
-                found.append(token)
-    return found
+    """What an upstream could quote back of a deployment's headers: its key, and every value of
+    its extra_headers (x-api-key and the like), the token of a Bearer credential on its own.
+    The longest first, so that a token inside a longer value is blanked with it."""
+    found = set()
+    for value in headers.values():
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() == "bearer":
+            found.add(token)
+        found.add(value)
+    return sorted((v for v in found if len(v) >= MIN_SECRET), key=len, reverse=True)
 
 
 def api_base_warning(deployment: Deployment) -> str | None:
