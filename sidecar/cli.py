@@ -118,8 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return supervise(
             workers,
             config,
-            lambda table: server.run(
-                table, host, port, reuse_port=True, worker=True, uds=uds, admin_port=admin_port
+            lambda table, supervisor: server.run(
+                table,
+                host,
+                port,
+                reuse_port=True,
+                supervisor=supervisor,
+                uds=uds,
+                admin_port=admin_port,
             ),
         )
     finally:

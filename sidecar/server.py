@@ -255,12 +255,13 @@ async def serve(
     port: int,
     *,
     reuse_port: bool = False,
-    worker: bool = False,
+    supervisor: int | None = None,
     uds: socket.socket | None = None,
     admin_port: int | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain; SIGHUP or a change of the file reloads it. A
-    worker of a supervisor leaves SIGINT to it."""
+    worker of a `supervisor` (its pid) leaves SIGINT and watching the file to it."""
+    worker = supervisor is not None
     running = await start(config, host, port, reuse_port=reuse_port, uds=uds, admin_port=admin_port)
     log.info(
         "sidecar listening on %s:%d with %d deployments",
@@ -280,7 +281,8 @@ async def serve(
     if worker:
         # The supervisor watches the file and sends SIGHUP, so that it always knows the table
         # its workers serve; a worker watches for the supervisor's death instead.
-        tasks.append(asyncio.create_task(_orphaned(os.getppid(), stopping)))
+        assert supervisor is not None
+        tasks.append(asyncio.create_task(_orphaned(supervisor, stopping)))
     elif config.server.reload_interval:
         tasks.append(
             asyncio.create_task(_watch(running, config.path, config.server.reload_interval))
@@ -314,8 +316,11 @@ def ensure_free(host: str, port: int) -> None:
 
 
 def bind_error(exc: OSError) -> str:
-    """The system's words for a failed bind, without asyncio's wrapping around them."""
-    return os.strerror(exc.errno) if exc.errno else str(exc)
+    """The system's words for a failed bind, without asyncio's wrapping around them (a name
+    that does not resolve has its own words, and a negative number)."""
+    if isinstance(exc, socket.gaierror) or not exc.errno or exc.errno < 0:
+        return exc.strerror or str(exc)
+    return os.strerror(exc.errno)
 
 
 def unix_socket(path: str) -> socket.socket:
@@ -397,7 +402,7 @@ def run(
     port: int,
     *,
     reuse_port: bool = False,
-    worker: bool = False,
+    supervisor: int | None = None,
     uds: socket.socket | None = None,
     admin_port: int | None = None,
 ) -> None:
@@ -416,7 +421,7 @@ def run(
                 host,
                 port,
                 reuse_port=reuse_port,
-                worker=worker,
+                supervisor=supervisor,
                 uds=uds,
                 admin_port=admin_port,
             )

@@ -29,12 +29,15 @@ START_GRACE = 5.0  # seconds: a worker that exits with an error sooner cannot st
 # that kills it is another matter: it is replaced)
 
 
-def supervise(count: int, config: Config, run: Callable[[Config], None]) -> int:
-    """Run `run(config)` in `count` child processes until a shutdown signal; the exit code."""
+def supervise(count: int, config: Config, run: Callable[[Config, int], None]) -> int:
+    """Run `run(config, supervisor's pid)` in `count` child processes until a shutdown signal;
+    the exit code."""
     children: dict[int, float] = {}  # pid -> when it started
     stopping = False
     current = config
     code = 0
+    me = os.getpid()
+    seen = server.fingerprint(config.path)  # the file as last loaded here
 
     def spawn() -> None:
         pid = os.fork()
@@ -43,7 +46,9 @@ def supervise(count: int, config: Config, run: Callable[[Config], None]) -> int:
             # that also took the SIGINT sent to the whole process group would see two.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGHUP, signal.SIG_DFL)
+            # Until its loop takes SIGHUP, a new worker must not die of one: it loads the file
+            # as it is now anyway (below).
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             status = 0
             try:
                 # The file as it is now: it may have changed since the last SIGHUP.
@@ -51,7 +56,7 @@ def supervise(count: int, config: Config, run: Callable[[Config], None]) -> int:
                     table = configs.load(current.path)
                 except ConfigError:
                     table = current
-                run(table)
+                run(table, me)
             except OSError as exc:
                 log.error("worker %d cannot serve: %s", os.getpid(), exc.strerror or exc)
                 status = 1
@@ -70,7 +75,8 @@ def supervise(count: int, config: Config, run: Callable[[Config], None]) -> int:
     def reload() -> None:
         """The file, loaded here first: a valid one becomes the table that workers started
         from now on serve, and every worker is told to load it too."""
-        nonlocal current
+        nonlocal current, seen
+        seen = server.fingerprint(current.path)
         try:
             new = configs.load(current.path)
         except ConfigError as exc:
@@ -95,18 +101,20 @@ def supervise(count: int, config: Config, run: Callable[[Config], None]) -> int:
         signal.signal(sig, on_signal)
     for _ in range(count):
         spawn()
-    seen = server.fingerprint(config.path)
+    next_check = time.monotonic()
     while children:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             break
-        if pid == 0:  # no worker exited: watch the file in the meantime
+        if pid == 0:  # no worker exited: watch the file every reload_interval meanwhile
+            time.sleep(WAIT_TICK)
             interval = current.server.reload_interval
-            time.sleep(min(interval, WAIT_TICK) if interval else WAIT_TICK)
+            if not interval or stopping or time.monotonic() < next_check:
+                continue
+            next_check = time.monotonic() + interval
             now = server.fingerprint(config.path)
-            if interval and now is not None and now != seen and not stopping:
-                seen = now
+            if now is not None and now != seen:
                 log.info("%s changed", config.path)
                 reload()
             continue

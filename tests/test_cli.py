@@ -84,6 +84,7 @@ def test_check_warns_of_an_api_base_without_v1(tmp_path: Path) -> None:
     path.write_text(
         "model_list:\n  - model_name: a\n    litellm_params: {model: hosted_vllm/a, api_base: 'http://vllm:8000'}\n"
         "  - model_name: b\n    litellm_params: {model: hosted_vllm/b, api_base: 'http://vllm:8000/v1/'}\n"
+        "  - model_name: c\n    litellm_params: {model: text-completion-openai/c, api_base: 'http://x/v1', api_key: ''}\n"
     )
     done = sidecar("--config", str(path), "--check")
     assert done.returncode == 0
@@ -351,6 +352,13 @@ def test_the_admin_port_must_differ_from_the_apis() -> None:
     assert "the admin port must differ from the API's port" in done.stderr
 
 
+def test_a_host_that_does_not_resolve_is_a_clear_error() -> None:
+    proc = spawn(EXAMPLES[0], free_port(), "--host", "no-such-host.invalid")
+    code, log = finish(proc, 15)
+    assert code == 1
+    assert "cannot listen on no-such-host.invalid:" in log and "Unknown error" not in log
+
+
 def test_port_out_of_range() -> None:
     done = sidecar("--config", str(EXAMPLES[0]), "--port", "99999")
     assert done.returncode == 2
@@ -451,6 +459,34 @@ async def test_a_replaced_worker_serves_the_table_of_the_last_file_change(
         proc.send_signal(signal.SIGTERM)
         code, _ = await asyncio.to_thread(finish, proc)
     assert code == 0
+
+
+async def test_a_starting_worker_survives_a_sighup(tmp_path: Path) -> None:
+    """The supervisor forwards SIGHUP on every file change; one that reaches a worker before
+    its loop handles SIGHUP must not kill it (its default action)."""
+    port = free_port()
+    proc = spawn(EXAMPLES[0], port, "--workers", "2")
+    try:
+        await wait_ready(port)
+        for _ in range(3):
+            victim = worker_pids(proc.pid)[0]
+            os.kill(victim, signal.SIGKILL)
+            for _ in range(40):  # across the replacement's whole start
+                proc.send_signal(signal.SIGHUP)
+                await asyncio.sleep(0.02)
+
+            async def settled() -> bool:
+                now = worker_pids(proc.pid)
+                return len(now) == 2 and victim not in now
+
+            await eventually(settled, True)
+        await asyncio.sleep(1.0)  # a worker killed by a SIGHUP would be replaced by now
+        await wait_ready(port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code, log = await asyncio.to_thread(finish, proc)
+    assert code == 0
+    assert "exited with -1" not in log, log
 
 
 def alive(pid: int) -> bool:

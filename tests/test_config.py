@@ -212,8 +212,7 @@ BASE = "model_list:\n  - model_name: m\n    litellm_params:\n"
             "unknown key",
         ),
         (
-            BASE
-            + "      model: hosted_vllm/x\n      api_base: http://v/v1\nsidecar_settings:\n"
+            BASE + "      model: hosted_vllm/x\n      api_base: http://v/v1\nsidecar_settings:\n"
             "  port: 4100\n  admin_port: 4100\n",
             "sidecar_settings.admin_port",
             "must differ from port",

@@ -149,6 +149,8 @@ def api_base_warning(deployment: Deployment) -> str | None:
     if deployment.provider in MODEL_IN_PATH:
         return None  # Azure's paths are built here, not appended
     for endpoint, url in deployment.urls.items():
+        if not url.path.endswith(endpoint.value):
+            continue  # chat served by /completions (text-completion-openai/)
         base = url.path[: -len(endpoint.value)]
         if not base.rstrip("/").endswith("/v1"):
             return (
