@@ -78,8 +78,8 @@ async def relay(
             except asyncio.CancelledError:
                 if not done:
                     raise
-                # The client read [DONE] and left before the upstream's end of body came (the
-                # SDK closes at [DONE]): the stream is complete, and the connection worth keeping.
+                # The client read [DONE] and left before the upstream's end of body came (some
+                # clients close at [DONE]): the stream is complete, the connection worth keeping.
                 current = asyncio.current_task()
                 if current is not None:
                     current.uncancel()

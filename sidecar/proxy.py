@@ -335,7 +335,7 @@ class Gateway:
         self.limits.admit(key, estimate)
         outcome.tokens = estimate
         try:
-            return await self._attempts(request, endpoint, body, estimate, found, state, outcome)
+            return await self._attempts(request, endpoint, raw, body, found, state, outcome)
         finally:
             self.limits.used(key, outcome.tokens - estimate)
 
@@ -343,8 +343,8 @@ class Gateway:
         self,
         request: BaseRequest,
         endpoint: Endpoint,
+        raw: bytes,
         body: dict[str, Any],
-        tokens: int,
         found: Match,
         state: State,
         outcome: Outcome,
@@ -358,6 +358,7 @@ class Gateway:
         """
         router = self.router
         settings = state.config.router
+        tokens = outcome.tokens  # the estimate, until the reply's usage says
         # Fallback groups are looked up only once the first group is spent.
         fallback_names = state.fallback_names(found.group.name)
         chain = itertools.chain((found,), state.fallbacks(fallback_names))
@@ -408,6 +409,8 @@ class Gateway:
                 data, translation = outbound.build(
                     deployment, endpoint, body, link.wildcard, client, encoding
                 )
+                if outcome.attempts == 1:
+                    requests.check_integers(raw, data[-1])
                 assert deployment.origin is not None
                 named = {
                     DEPLOYMENT_HEADER: deployment.id,

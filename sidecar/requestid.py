@@ -45,8 +45,8 @@ def make() -> str:
 
 
 def take(given: str | None) -> str:
-    """The client's id when it is printable ASCII of at most MAX_GIVEN characters (it is
-    passed upstream as given), else a new one."""
+    """The client's id when it is printable ASCII of at most MAX_GIVEN characters (returned
+    to it and logged; upstreams get ids of their own), else a new one."""
     if given and len(given) <= MAX_GIVEN and given.isascii() and given.isprintable():
         return given
     return make()

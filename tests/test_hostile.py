@@ -66,6 +66,25 @@ def test_request_parser_accepts_or_says_400(raw: bytes, endpoint: Endpoint) -> N
     assert isinstance(requests.upstream_body(body, "m", {"max_tokens": 1}), bytes)
 
 
+# Integers at and beyond 64 bits' edges, among other values.
+edge_integers = st.integers(2**63 - 3, 2**64 + 3) | st.integers(-(2**63) - 3, -(2**63) + 3)
+values_with_wide_integers = st.lists(edge_integers | json_values, max_size=4) | edge_integers
+
+
+@given(values_with_wide_integers)
+def test_numbers_arrive_unchanged_or_are_refused(value: Any) -> None:
+    """orjson widens integers beyond 64 bits to floats; none may reach an upstream changed."""
+    raw = _dumps({"model": "m", "messages": [], "x": value})
+    body = requests.parse(raw, Endpoint.CHAT)
+    payload = requests.upstream_body(body, "m", {})
+    try:
+        requests.check_integers(raw, payload)
+    except GatewayError as exc:
+        assert exc.status == 400 and exc.code == "integer_out_of_range"
+        return
+    assert json.loads(payload)["x"] == value
+
+
 TABLE: Table = table(
     ("a", "hosted_vllm/a"), ("openai/*", "hosted_vllm/*"), ("*-x", "hosted_vllm/*")
 )
