@@ -475,7 +475,7 @@ async def test_a_starting_worker_survives_a_sighup(tmp_path: Path) -> None:
                 proc.send_signal(signal.SIGHUP)
                 await asyncio.sleep(0.02)
 
-            async def settled() -> bool:
+            async def settled(victim: int = victim) -> bool:
                 now = worker_pids(proc.pid)
                 return len(now) == 2 and victim not in now
 
