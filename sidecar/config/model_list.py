@@ -1,0 +1,182 @@
+"""model_list: each entry's litellm_params checked and built into a Deployment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sidecar import providers
+from sidecar.config.router_settings import RouterSettings
+from sidecar.config.values import is_token, mapping, resolve, seconds, secret
+from sidecar.deployment import ConfigError, Deployment, Params
+from sidecar.params import REQUEST_PARAMS
+
+# litellm_params keys LiteLLM knows that change nothing here (costs, provider-specific knobs).
+_IGNORED_PARAMS = frozenset(
+    {
+        "custom_llm_provider",
+        "input_cost_per_token",
+        "output_cost_per_token",
+        "input_cost_per_second",
+        "output_cost_per_second",
+        "region_name",
+        "drop_params",
+        "use_in_pass_through",
+        "use_litellm_proxy",
+        "merge_reasoning_content_in_choices",
+        "max_parallel_requests",
+        "order",
+        "tags",
+        "litellm_credential_name",
+        "configurable_clientside_auth_params",
+        "model_info",
+        "cache_control_injection_points",
+        "additional_drop_params",
+    }
+)
+
+
+def deployment_of(
+    entry: Any, index: int, env: Mapping[str, str], router: RouterSettings, warnings: list[str]
+) -> Deployment:
+    where = f"model_list[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(where, "must be a mapping with model_name and litellm_params")
+    group = entry.get("model_name")
+    if not isinstance(group, str) or not group:
+        raise ConfigError(f"{where}.model_name", "must be a non-empty string")
+    if group.count("*") > 1:
+        raise ConfigError(f"{where}.model_name", "may hold at most one '*'")
+    known = ("model_name", "litellm_params", "model_info", "rpm", "tpm")
+    for key in entry:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}", f"unknown key (known: {', '.join(known)})")
+    info = mapping(entry.get("model_info"), f"{where}.model_info")
+    litellm_params = entry.get("litellm_params")
+    if isinstance(litellm_params, dict):
+        # LiteLLM's Router also takes rpm/tpm beside litellm_params; inside wins.
+        litellm_params = {
+            **{k: entry[k] for k in ("rpm", "tpm") if k in entry},
+            **litellm_params,
+        }
+    params = _params(litellm_params, f"{where}.litellm_params", env, warnings)
+    if params.model.count("*") > 1 or ("*" in params.model and "*" not in group):
+        raise ConfigError(
+            f"{where}.litellm_params.model",
+            "may hold a '*' only when model_name holds one, and at most one",
+        )
+    entry_id = info.get("id")
+    if entry_id is None:
+        entry_id = f"{params.provider}/{params.model}#{index}"
+    elif not isinstance(entry_id, str | int) or isinstance(entry_id, bool):
+        raise ConfigError(f"{where}.model_info.id", "must be a string")
+    deployment = providers.build(
+        str(entry_id),
+        group,
+        params,
+        env,
+        router.timeout,
+        f"{where}.litellm_params",
+        router.stream_timeout,
+    )
+    unusual = providers.api_base_warning(deployment)
+    if unusual is not None:
+        warnings.append(f"{where}.litellm_params.api_base: {unusual}")
+    return deployment
+
+
+_PARAM_TYPES: dict[str, tuple[type, ...]] = {
+    "api_base": (str,),
+    "base_url": (str,),
+    "api_key": (str,),
+    "api_version": (str,),
+    "organization": (str,),
+    "timeout": (int, float, str),
+    "stream_timeout": (int, float, str),
+    "rpm": (int,),
+    "tpm": (int,),
+    "weight": (int, float),
+    "max_retries": (int,),
+    "num_retries": (int,),
+    "mock_response": (str,),
+    "supports_system_message": (bool,),
+    "extra_headers": (dict,),
+    "extra_body": (dict,),
+}
+
+
+def _params(raw: Any, where: str, env: Mapping[str, str], warnings: list[str]) -> Params:
+    if not isinstance(raw, dict):
+        raise ConfigError(where, "must be a mapping with at least `model`")
+    model = raw.get("model")
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"{where}.model", "must be a string like 'openai/<model name>'")
+    provider, upstream = providers.split_model(model, f"{where}.model")
+    fields: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "model":
+            continue
+        path = f"{where}.{key}"
+        value = resolve(value, env, path)
+        if key in _PARAM_TYPES:
+            if value is None:
+                continue
+            if not isinstance(value, _PARAM_TYPES[key]) or (
+                isinstance(value, bool) and bool not in _PARAM_TYPES[key]
+            ):
+                names = " or ".join(t.__name__ for t in _PARAM_TYPES[key])
+                raise ConfigError(path, f"must be {names}, not {type(value).__name__}")
+            fields[key] = value
+        elif key in REQUEST_PARAMS:
+            defaults[key] = value
+        elif key in _IGNORED_PARAMS:
+            warnings.append(f"{path}: not used by this gateway; ignored")
+        else:
+            raise ConfigError(
+                path, "unknown key: neither a LiteLLM setting nor an OpenAI request parameter"
+            )
+    extra_body = {str(k): v for k, v in fields.pop("extra_body", {}).items()}
+    if "api_key" in fields:
+        fields["api_key"] = secret(fields["api_key"], f"{where}.api_key")
+
+    extra_headers = fields.pop("extra_headers", {})
+    for name, value in extra_headers.items():
+        if not isinstance(value, str) or not is_token(str(name)) or "\r" in value or "\n" in value:
+            raise ConfigError(
+                f"{where}.extra_headers.{name}", "must be a header name and a string value"
+            )
+    for key in ("timeout", "stream_timeout"):
+        if key in fields:
+            fields[key] = seconds(fields[key], f"{where}.{key}")
+    for key in ("rpm", "tpm", "max_retries", "num_retries"):
+        if key in fields and fields[key] < 0:
+            raise ConfigError(f"{where}.{key}", "must not be negative")
+    if "weight" in fields and fields["weight"] <= 0:
+        raise ConfigError(f"{where}.weight", "must be positive")
+    base_url = fields.pop("base_url", None)
+    fields.setdefault("api_base", base_url)
+    retries = fields.pop("num_retries", None)
+    fields.setdefault("max_retries", retries)
+    return Params(
+        provider=provider,
+        model=upstream,
+        extra_headers={str(k): v for k, v in extra_headers.items()},
+        defaults=defaults,
+        extra_body=extra_body,
+        **fields,
+    )
+
+
+def check_fallbacks(router: RouterSettings, deployments: tuple[Deployment, ...]) -> None:
+    """Every group a fallback names must be one the table routes."""
+    from sidecar.table import Table  # the table is built from deployments: here, only to check
+
+    table = Table(deployments)
+    named = [
+        (f"router_settings.fallbacks.{g}", n) for g, ns in router.fallbacks.items() for n in ns
+    ]
+    named += [("router_settings.default_fallbacks", n) for n in router.default_fallbacks]
+    for where, name in named:
+        if table.lookup(name) is None:
+            raise ConfigError(where, f"'{name}' is no model of the table")
