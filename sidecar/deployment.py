@@ -9,8 +9,8 @@ from typing import Any
 
 from yarl import URL
 
+from sidecar.origin import Origin
 from sidecar.routes import Endpoint
-from sidecar.upstream import Origin
 
 WILDCARD_IN_PATH = b"%2A"  # a '*' as it stands, percent-encoded, in a path built from a pattern
 # What a name filled into a URL path may hold: Azure's rule for deployment names, and nothing

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import orjson
-from aiohttp import web
 
 from sidecar.headers import DEPLOYMENT_HEADER
-from sidecar.upstream import UpstreamError
+from sidecar.origin import UpstreamError
 
 INVALID_REQUEST = "invalid_request_error"
 AUTHENTICATION = "authentication_error"
@@ -24,6 +24,21 @@ RATE_LIMIT = "rate_limit_error"
 UPSTREAM = "upstream_error"
 SERVER = "server_error"
 UNAVAILABLE = "service_unavailable"
+
+
+@dataclass(slots=True)
+class Answer:
+    """A reply as plain data, for the edge to write: status, header fields in order, body."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def set(self, name: str, value: str) -> None:
+        """One field of that name, with this value, in place of any before."""
+        low = name.lower()
+        self.headers = [h for h in self.headers if h[0].lower() != low]
+        self.headers.append((name, value))
 
 
 class GatewayError(Exception):
@@ -50,13 +65,9 @@ class GatewayError(Exception):
         error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
         return orjson.dumps({"error": error})
 
-    def response(self) -> web.Response:
-        return web.Response(
-            status=self.status,
-            body=self.body(),
-            content_type="application/json",
-            headers=self.headers,
-        )
+    def answer(self) -> Answer:
+        headers = [("Content-Type", "application/json"), *(self.headers or {}).items()]
+        return Answer(self.status, headers, self.body())
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> GatewayError:

@@ -6,8 +6,6 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from aiohttp import web
-
 from sidecar import errors
 from sidecar.config import RouterSettings
 from sidecar.headers import ATTEMPTS_HEADER, DEPLOYMENT_HEADER, is_json, reply_headers
@@ -71,20 +69,21 @@ class Failure:
                     return 0.0
         return 0.0
 
-    def response(self, attempts: int) -> web.Response:
+    def answer(self, attempts: int) -> errors.Answer:
+        """What the client gets when nothing else answers, after `attempts` upstream calls."""
         if self.error is not None:
-            response = self.error.response()
+            answer = self.error.answer()
             for name, value in self.headers:
-                response.headers[name] = value
+                answer.set(name, value)
         else:
-            response = web.Response(status=self.status, body=self.body, headers=self.headers)
+            answer = errors.Answer(self.status, list(self.headers), self.body)
         if self.retry_hint:
             # The group takes calls again only then: never advertise a shorter wait than that.
             hint = max(1, math.ceil(self.retry_hint))
             if self.retry_after() < hint:
-                response.headers["Retry-After"] = str(hint)
-        response.headers[ATTEMPTS_HEADER] = str(attempts)
-        return response
+                answer.set("Retry-After", str(hint))
+        answer.set(ATTEMPTS_HEADER, str(attempts))
+        return answer
 
 
 def pause(attempt: int, settings: RouterSettings) -> float:

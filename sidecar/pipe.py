@@ -17,9 +17,10 @@ from aiohttp.web_request import BaseRequest
 
 from sidecar import errors, sse
 from sidecar.headers import DEPLOYMENT_HEADER, STREAM_HEADERS, is_json, reply_headers
+from sidecar.origin import UpstreamError
 from sidecar.providers.translate import TextToChat, TextToChatStream
 from sidecar.sse import SSEError
-from sidecar.upstream import Exchange, UpstreamError
+from sidecar.upstream import Exchange
 
 ERROR_BODY_LIMIT = 64 * 1024  # bytes of a non-JSON error reply read to quote from it
 

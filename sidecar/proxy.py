@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 
-from sidecar import auth, errors, mock, outbound, pipe, requestid, usage
+from sidecar import auth, errors, mock, outbound, pipe, replies, requestid, usage
 from sidecar import request as requests
 from sidecar.accesslog import AccessLog
 from sidecar.config import Config
@@ -30,12 +30,13 @@ from sidecar.headers import (
 )
 from sidecar.limits import KeyLimits
 from sidecar.metrics import UNKNOWN, Metrics
+from sidecar.origin import UpstreamError
 from sidecar.router import ERROR as ERROR_CAUSE
 from sidecar.router import FAILED_ANSWER, Router
 from sidecar.router import RATE_LIMIT as RATE_LIMIT_CAUSE
 from sidecar.routes import MODEL_ENDPOINTS, Endpoint, RouteError, match, model_id
 from sidecar.table import Group, Match, Table
-from sidecar.upstream import Pool, UpstreamError
+from sidecar.upstream import Pool
 
 log = logging.getLogger("sidecar")
 
@@ -217,7 +218,7 @@ class Gateway:
         self, request: BaseRequest, path: str, outcome: Outcome, failure: errors.GatewayError
     ) -> web.Response:
         """The answer to a path this listener does not serve, logged and counted."""
-        refused = failure.response()
+        refused = replies.send(failure.answer())
         refused.headers[REQUEST_ID_HEADER] = outcome.request_id
         self._record(request, path, None, outcome, failure.status, refused, outcome.started)
         return refused
@@ -488,7 +489,7 @@ class Gateway:
                             router.used(deployment, sum(counted) - tokens)
                             outcome.tokens = sum(counted)
         assert last is not None
-        return last.response(outcome.attempts)
+        return replies.send(last.answer(outcome.attempts))
 
     def _failed(self, deployment: Deployment, cause: str, group: Group) -> None:
         if self.router.failed(deployment, cause, len(group.deployments)):
@@ -519,7 +520,7 @@ def _failure(request: BaseRequest, failure: errors.GatewayError) -> web.StreamRe
     if request.writer.output_size > 0:
         pipe.abort(request)
         return web.Response(status=failure.status)  # never sent: the connection is closing
-    return failure.response()
+    return replies.send(failure.answer())
 
 
 async def _mock(

@@ -23,7 +23,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from sidecar import config as configs
-from sidecar import errors
+from sidecar import errors, replies
 from sidecar.accesslog import AccessLog
 from sidecar.config import Config
 from sidecar.deployment import ConfigError
@@ -69,7 +69,7 @@ class _Handler(RequestHandler):
             failure = errors.too_large(request.client_max_size)
         else:
             failure = errors.internal()
-        response = failure.response()
+        response = replies.send(failure.answer())
         response.force_close()
         return response
 

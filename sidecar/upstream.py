@@ -15,9 +15,9 @@ import asyncio
 import collections
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from sidecar.http1 import Headers, ProtocolError, ResponseParser
+from sidecar.origin import Origin, UpstreamError
 
 KEEPALIVE_SECONDS = 60.0  # an idle pooled connection is closed after this
 WATCH_INTERVAL = 0.1  # seconds between checks for silent upstreams: timeouts fire this late at most
@@ -26,29 +26,6 @@ HIGH_WATER = 256 * 1024  # buffered reply bytes that pause reading from the upst
 # consumer takes them all (next_chunk)
 MAX_BODY = 64 * 1024 * 1024  # a reply read whole (not streamed) may be this large at most
 STALE_WINDOW = 0.25  # seconds: a pooled connection closed this soon after a send was stale
-
-
-class UpstreamError(Exception):
-    """The upstream could not be reached, broke the exchange, or was too slow."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(detail)
-        self.kind = kind  # "connect", "tls", "timeout", "closed" or "protocol"
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where connections go: scheme, host and port, and TLS settings for https."""
-
-    host: str
-    port: int
-    tls: bool
-
-    @property
-    def authority(self) -> str:
-        default = 443 if self.tls else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == default else f"{host}:{self.port}"
 
 
 class Connection(asyncio.Protocol):

@@ -417,3 +417,24 @@ async def test_in_flight_count_survives_clients_that_leave(
 def router_deployment(sidecar: object, deployment_id: str) -> Any:
     gateway = sidecar.running.gateway  # type: ignore[attr-defined]
     return next(d for d in gateway.state.config.deployments if d.id == deployment_id)
+
+
+async def test_an_exhausted_group_answers_with_one_of_each_header(
+    faulty: Callable[[], Awaitable[Faulty]], make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    """The last upstream error is relayed with our headers set once, not added beside its own."""
+    a, b = await faulty(), await faulty()
+    a.mode = b.mode = "503"
+    sidecar = await make_sidecar(
+        "model_list:\n"
+        + entry("m", a.upstream.base, "a")
+        + entry("m", b.upstream.base, "b")
+        + "router_settings:\n  allowed_fails: 1000\n"
+    )
+    async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT) as r:
+        assert r.status == 503
+        assert r.headers.getall("x-sidecar-attempts") == ["3"]
+        assert len(r.headers.getall("x-sidecar-deployment")) == 1
+        assert r.headers.getall("Content-Type") == ["application/json; charset=utf-8"]
+        assert (await r.json())["error"]["message"] == "down"
+    assert a.count + b.count == 3

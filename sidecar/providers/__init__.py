@@ -12,10 +12,10 @@ from yarl import URL
 
 from sidecar.deployment import WILDCARD_IN_PATH, ConfigError, Deployment, Params
 from sidecar.headers import request_head
+from sidecar.origin import Origin
 from sidecar.params import BY_ENDPOINT
 from sidecar.providers import azure, openai
 from sidecar.routes import Endpoint
-from sidecar.upstream import Origin
 
 BUILDERS: dict[str, openai.Builder] = {
     "openai": openai.build_openai,
