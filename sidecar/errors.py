@@ -8,12 +8,13 @@ Messages never contain a key: callers pass only names and public facts.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import orjson
 
-from sidecar.headers import DEPLOYMENT_HEADER
+from sidecar.headers import DEPLOYMENT_HEADER, is_json
 from sidecar.origin import UpstreamError
 
 INVALID_REQUEST = "invalid_request_error"
@@ -196,6 +197,57 @@ def head_too_large(field_bytes: int, headers: int) -> GatewayError:
         INVALID_REQUEST,
         "request_header_fields_too_large",
     )
+
+
+MAX_ERROR_BODY = 1024 * 1024  # bytes of an upstream's error reply, decoded, that are relayed
+
+
+def clean_error(
+    status: int,
+    reason: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    deployment: str,
+    secrets: Iterable[str],
+) -> tuple[list[tuple[str, str]], bytes]:
+    """An upstream's error reply as it may reach the client: its body decoded when it came
+    gzip- or deflate-compressed (the key check must see the text; it then goes uncompressed)
+    and the deployment's keys blanked out. GatewayError, in the OpenAI shape with the same
+    status, for a reply we cannot read (br, zstd, over MAX_ERROR_BODY) or that is not JSON."""
+    encoding = next((v for k, v in headers if k.lower() == "content-encoding"), "")
+    plain = _decoded(body, encoding.strip().lower()) if len(body) <= MAX_ERROR_BODY else None
+    if plain is None:
+        said = f"{status} {reason}" if reason else str(status)
+        raise GatewayError(
+            status,
+            f"Upstream '{deployment}' answered {said}; its body (encoded as "
+            f"'{encoding or 'identity'}', {len(body)} bytes or more) is not shown.",
+            UPSTREAM,
+            "upstream_error",
+            headers={DEPLOYMENT_HEADER: deployment},
+        )
+    plain = redact(plain, secrets)
+    if encoding:
+        headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
+    content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+    if not is_json(content_type.lower()):
+        raise upstream_not_json(status, reason, plain, deployment)
+    return headers, plain
+
+
+def _decoded(body: bytes, encoding: str) -> bytes | None:
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return None
+    # gzip, or deflate as zlib data; some servers send deflate raw (without zlib's header).
+    for wbits in (16 + zlib.MAX_WBITS,) if "gzip" in encoding else (zlib.MAX_WBITS, -15):
+        try:
+            plain = zlib.decompressobj(wbits).decompress(body, MAX_ERROR_BODY + 1)
+        except zlib.error:
+            continue
+        return plain if len(plain) <= MAX_ERROR_BODY else None
+    return None
 
 
 def redact(body: bytes, secrets: Iterable[str]) -> bytes:

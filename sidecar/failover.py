@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from sidecar import errors
 from sidecar.config import RouterSettings
-from sidecar.headers import ATTEMPTS_HEADER, DEPLOYMENT_HEADER, is_json, reply_headers
+from sidecar.headers import ATTEMPTS_HEADER, DEPLOYMENT_HEADER, reply_headers
 from sidecar.router import Blocked
 from sidecar.upstream import Exchange
 
@@ -31,19 +31,22 @@ class Failure:
     def of_reply(
         cls, exchange: Exchange, body: bytes, named: dict[str, str], secrets: tuple[str, ...]
     ) -> Failure:
-        """An upstream's error reply, relayed as it came when nothing else answers (or, when it
-        is not JSON, in the OpenAI shape, as pipe.relay would have sent it); the deployment's
-        keys blanked out of it either way."""
-        body = errors.redact(body, secrets)
-        headers, content_type = reply_headers(exchange.headers, named)
-        if not is_json(content_type):
-            error = errors.upstream_not_json(
-                exchange.status, exchange.reason, body, named[DEPLOYMENT_HEADER], secrets
+        """An upstream's error reply, to relay as pipe.relay would have when nothing else
+        answers: checked for the deployment's keys, in the OpenAI shape when it is not JSON."""
+        headers, _ = reply_headers(exchange.headers, named)
+        try:
+            fields, clean = errors.clean_error(
+                exchange.status,
+                exchange.reason,
+                list(headers.items()),
+                body,
+                named[DEPLOYMENT_HEADER],
+                secrets,
             )
-            return cls(
-                error, headers=[(k, v) for k, v in headers.items() if k.lower() == "retry-after"]
-            )
-        return cls(status=exchange.status, body=body, headers=list(headers.items()))
+        except errors.GatewayError as error:
+            kept = [(k, v) for k, v in headers.items() if k.lower() == "retry-after"]
+            return cls(error, headers=kept)
+        return cls(status=exchange.status, body=clean, headers=fields)
 
     @classmethod
     def of_block(cls, blocked: Blocked, group: str) -> Failure:

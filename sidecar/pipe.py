@@ -16,13 +16,11 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from sidecar import errors, sse
-from sidecar.headers import DEPLOYMENT_HEADER, STREAM_HEADERS, is_json, reply_headers
+from sidecar.headers import DEPLOYMENT_HEADER, STREAM_HEADERS, reply_headers
 from sidecar.origin import UpstreamError
 from sidecar.providers.translate import TextToChat, TextToChatStream
 from sidecar.sse import SSEError
 from sidecar.upstream import Exchange
-
-ERROR_BODY_LIMIT = 64 * 1024  # bytes of a non-JSON error reply read to quote from it
 
 
 async def relay(
@@ -37,27 +35,26 @@ async def relay(
     headers, content_type = reply_headers(exchange.headers, named)
     deployment_id = named[DEPLOYMENT_HEADER]
     try:
-        if exchange.status >= 400 and not is_json(content_type):
-            try:
-                body = await exchange.read_all(ERROR_BODY_LIMIT)
-            except UpstreamError as exc:
-                raise errors.upstream_failure(exc, deployment_id) from None
-            raise errors.upstream_not_json(
-                exchange.status, exchange.reason, body, deployment_id, secrets
-            )
         if exchange.status >= 400:
-            translation = None
+            # Read whole (errors are small), checked for our keys, never translated.
+            body = await read_error(exchange, deployment_id)
+            fields, body = errors.clean_error(
+                exchange.status,
+                exchange.reason,
+                list(headers.items()),
+                body,
+                deployment_id,
+                secrets,
+            )
+            return web.Response(status=exchange.status, body=body, headers=fields)
         is_sse = content_type.startswith("text/event-stream")
-        failed = exchange.status >= 400  # read whole, chunked or not: errors are small
-        if not is_sse and (exchange.length is not None or translation is not None or failed):
+        if not is_sse and (exchange.length is not None or translation is not None):
             try:
                 body = await exchange.read_all()
             except UpstreamError as exc:
                 raise errors.upstream_failure(exc, deployment_id) from None
             if translation is not None:
                 body = translation.reply(body)
-            elif failed and secrets:
-                body = errors.redact(body, secrets)
             return web.Response(status=exchange.status, body=body, headers=headers)
         if is_sse:
             # Added where the upstream said nothing: its own choice (llama.cpp's server sends
@@ -101,6 +98,14 @@ async def relay(
     finally:
         if not exchange.handed_off:
             exchange.close()  # a no-op for a reply read to its end
+
+
+async def read_error(exchange: Exchange, deployment_id: str) -> bytes:
+    """An error reply's body, up to one byte past errors.MAX_ERROR_BODY (which is refused)."""
+    try:
+        return await exchange.read_all(errors.MAX_ERROR_BODY + 1)
+    except UpstreamError as exc:
+        raise errors.upstream_failure(exc, deployment_id) from None
 
 
 # How OpenAI-compatible streams end (the API reference; also vLLM, llama.cpp, LiteLLM).

@@ -451,7 +451,7 @@ class Gateway:
                 more = budget > 0 or position < len(fallback_names)
                 if (status == 429 or status >= 500) and more:
                     try:
-                        reply = await exchange.read_all(pipe.ERROR_BODY_LIMIT)
+                        reply = await exchange.read_all(errors.MAX_ERROR_BODY + 1)
                     except UpstreamError:
                         reply = b""
                     finally:

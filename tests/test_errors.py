@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
+import zlib
 
 import aiohttp
 import openai
@@ -332,10 +334,22 @@ async def test_no_upstream_error_reply_echoes_a_key(
     upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
 ) -> None:
     """Whatever the shape of the reply, and wherever the key falls in a long one."""
+    quoted = orjson.dumps({"error": {"message": "bad key sk-upstream-SECRET-1"}})
+    gzipped = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
     replies = [
         web.Response(status=401, body=b" " * 1178 + b"invalid key sk-upstream-SECRET-1 given"),
         web.json_response({"error": {"message": "bad key sk-upstream-SECRET-1"}}, status=401),
         web.json_response({"error": {"message": "bad x-api-key xk-extra-SECRET-2"}}, status=403),
+        # Compressed, as the client's Accept-Encoding allowed: checked all the same.
+        web.Response(status=401, body=gzip.compress(quoted), headers=gzipped),
+        web.Response(
+            status=401,
+            body=zlib.compress(quoted),
+            headers={**gzipped, "Content-Encoding": "deflate"},
+        ),
+        web.Response(
+            status=401, body=b"\x00br-bytes", headers={**gzipped, "Content-Encoding": "br"}
+        ),
     ]
 
     async def quoting(request: web.Request, got: Received) -> web.StreamResponse:
@@ -347,11 +361,17 @@ async def test_no_upstream_error_reply_echoes_a_key(
         + "      api_key: sk-upstream-SECRET-1\n      extra_headers: {x-api-key: xk-extra-SECRET-2}\n"
         + "router_settings:\n  num_retries: 0\n"
     )
-    for status in (401, 401, 403):
-        async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT) as r:
+    for status in (401, 401, 403, 401, 401):
+        async with http.post(
+            sidecar.url + "/v1/chat/completions", json=CHAT, headers={"Accept-Encoding": "gzip"}
+        ) as r:
             assert r.status == status
             raw = await r.read()
         assert b"SECRET" not in raw and b"[redacted]" in raw, raw
+    async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT) as r:
+        assert r.status == 401  # a body we cannot read is not shown at all
+        error = (await r.json())["error"]
+    assert "encoded as 'br'" in error["message"] and error["code"] == "upstream_error"
 
 
 async def test_unreachable_names_the_deployment(
@@ -469,3 +489,22 @@ async def test_a_request_head_over_the_limits_is_431(
     )
     assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200")
     writer.close()
+
+
+async def test_a_retried_error_that_quotes_the_key_is_blanked_too(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    quoted = orjson.dumps({"error": {"message": "down, key sk-upstream-SECRET-1"}})
+
+    async def down(request: web.Request, got: Received) -> web.StreamResponse:
+        headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        return web.Response(status=503, body=gzip.compress(quoted), headers=headers)
+
+    upstream.scripts["/v1/chat/completions"] = down
+    sidecar = await make_sidecar(vllm(upstream) + "      api_key: sk-upstream-SECRET-1\n")
+    async with http.post(
+        sidecar.url + "/v1/chat/completions", json=CHAT, headers={"Accept-Encoding": "gzip"}
+    ) as r:
+        assert r.status == 503 and r.headers["x-sidecar-attempts"] == "3"
+        raw = await r.read()
+    assert b"SECRET" not in raw and b"[redacted]" in raw
