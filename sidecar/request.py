@@ -118,9 +118,20 @@ def _tokens(items: list[Any]) -> bool:
     return all(isinstance(t, int) and not isinstance(t, bool) for t in items)
 
 
+MAX_NESTING = 255  # levels of arrays and objects orjson writes
+
+
 def upstream_body(body: dict[str, Any], model: str, defaults: Mapping[str, Any]) -> bytes:
     """The body sent upstream: the client's, with the upstream model name and the deployment's
     defaults for parameters the client did not set. The client's dict is not changed."""
     out = {**defaults, **body} if defaults else dict(body)
     out["model"] = model
-    return orjson.dumps(out)
+    try:
+        return orjson.dumps(out)
+    except orjson.JSONEncodeError:
+        # orjson reads 1,024 levels of nesting but writes only 255.
+        raise errors.bad_request(
+            f"The request body nests deeper than {MAX_NESTING} levels, more than this gateway "
+            "passes on.",
+            code="nesting_too_deep",
+        ) from None

@@ -277,6 +277,8 @@ async def serve(
     for sig in stops:
         loop.add_signal_handler(sig, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, reload, running, config.path, not worker)
+    if worker:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked since the fork
     tasks = []
     if worker:
         # The supervisor watches the file and sends SIGHUP, so that it always knows the table

@@ -46,9 +46,11 @@ def supervise(count: int, config: Config, run: Callable[[Config, int], None]) ->
             # that also took the SIGINT sent to the whole process group would see two.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            # Until its loop takes SIGHUP, a new worker must not die of one: it loads the file
-            # as it is now anyway (below).
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            # Until its loop handles SIGHUP, a new worker must neither die of one (its default
+            # action) nor miss it: blocked, a SIGHUP waits, and serve() unblocks it once its
+            # handler is in place, so a change made while it starts is loaded then.
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
             status = 0
             try:
                 # The file as it is now: it may have changed since the last SIGHUP.

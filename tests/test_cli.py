@@ -489,6 +489,36 @@ async def test_a_starting_worker_survives_a_sighup(tmp_path: Path) -> None:
     assert "exited with -1" not in log, log
 
 
+async def test_a_change_while_a_worker_starts_reaches_it(tmp_path: Path) -> None:
+    """A SIGHUP that arrives while a replacement worker starts (after it loaded the file,
+    before its loop handles the signal) must still make it load the new table."""
+    path = tmp_path / "table.yaml"
+    entry = "  - model_name: {0}\n    litellm_params: {{model: openai/{0}, mock_response: hi}}\n"
+    path.write_text("model_list:\n" + entry.format("table-0"))
+    port = free_port()
+    proc = spawn(path, port, "--workers", "2")
+    try:
+        await wait_ready(port)
+        for round in range(1, 4):
+            before = worker_pids(proc.pid)
+            os.kill(before[0], signal.SIGKILL)
+            deadline = time.monotonic() + START_LIMIT
+            while not set(worker_pids(proc.pid)) - set(before):  # the replacement is forked
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.002)
+            path.write_text("model_list:\n" + entry.format(f"table-{round}"))
+            proc.send_signal(signal.SIGHUP)
+
+            async def all_new(want: str = f"table-{round}") -> bool:
+                return all([await models(port) == [want] for _ in range(8)])
+
+            await eventually(all_new, True)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code, _ = await asyncio.to_thread(finish, proc)
+    assert code == 0
+
+
 def alive(pid: int) -> bool:
     """Running, not a zombie waiting for a parent to reap it."""
     try:

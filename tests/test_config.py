@@ -218,6 +218,12 @@ BASE = "model_list:\n  - model_name: m\n    litellm_params:\n"
             "must differ from port",
         ),
         (
+            BASE + "      model: hosted_vllm/x\n      api_base: http://v/v1\n"
+            "      extra_body: {seed: 123456789012345678901234567890}\n",
+            "model_list[0].litellm_params.extra_body",
+            "no request body can carry",
+        ),
+        (
             BASE + "      model: hosted_vllm/x\n      api_base: http://v/v1\ngeneral_settings:\n"
             "  master_key: os.environ/MK\n",
             "general_settings.master_key",

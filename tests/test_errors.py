@@ -508,3 +508,20 @@ async def test_a_retried_error_that_quotes_the_key_is_blanked_too(
         assert r.status == 503 and r.headers["x-sidecar-attempts"] == "3"
         raw = await r.read()
     assert b"SECRET" not in raw and b"[redacted]" in raw
+
+
+async def test_only_credentials_are_blanked_whatever_their_length(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    async def quoting(request: web.Request, got: Received) -> web.StreamResponse:
+        return web.json_response(
+            {"error": {"message": "key k-SEC12", "code": 20240101}}, status=401
+        )
+
+    upstream.scripts["/v1/chat/completions"] = quoting
+    sidecar = await make_sidecar(
+        vllm(upstream) + "      api_key: k-SEC12\n      extra_headers: {x-project: '20240101'}\n"
+    )
+    async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT) as r:
+        error = (await r.json())["error"]  # still JSON: a project number is no secret
+    assert error == {"message": "key [redacted]", "code": 20240101}

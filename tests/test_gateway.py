@@ -249,3 +249,50 @@ async def test_integers_beyond_64_bits_are_refused_not_rounded(
                 assert r.status == 200
             assert b'"seed":' + value in upstream.last.body
             assert b"call 12345678901234567890123" in upstream.last.body
+
+
+async def test_a_body_nested_past_what_can_be_written_is_a_400(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    import aiohttp
+
+    sidecar = await make_sidecar(vllm(upstream))
+    deep = b"[" * 300 + b"]" * 300
+    body = b'{"model": "mistral", "messages": [], "x": ' + deep + b"}"
+    url = sidecar.url + "/v1/chat/completions"
+    async with aiohttp.ClientSession() as http, http.post(url, data=body) as r:
+        assert r.status == 400
+        assert (await r.json())["error"]["code"] == "nesting_too_deep"
+    assert upstream.received == []
+
+
+async def test_a_wide_integer_is_caught_on_a_fallback_that_keeps_it(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    """Chat over text drops response_format for the first attempt; the fallback keeps it."""
+    import aiohttp
+    from aiohttp import web
+
+    async def down(request: web.Request, got: object) -> web.StreamResponse:
+        return web.json_response({"error": {"message": "down"}}, status=503)
+
+    upstream.scripts["/v1/completions"] = down
+    sidecar = await make_sidecar(f"""
+model_list:
+  - model_name: text
+    litellm_params: {{model: text-completion-openai/t, api_base: "{upstream.base}", api_key: ""}}
+  - model_name: chat
+    litellm_params: {{model: hosted_vllm/c, api_base: "{upstream.base}"}}
+router_settings:
+  num_retries: 0
+  fallbacks: [{{text: [chat]}}]
+""")
+    body = (
+        b'{"model": "text", "messages": [{"role": "user", "content": "hi"}], '
+        b'"response_format": {"type": "json_schema", "maximum": 123456789012345678901234567890}}'
+    )
+    url = sidecar.url + "/v1/chat/completions"
+    async with aiohttp.ClientSession() as http, http.post(url, data=body) as r:
+        assert r.status == 400
+        assert (await r.json())["error"]["param"] == "response_format.maximum"
+    assert [got.path for got in upstream.received] == ["/v1/completions"]

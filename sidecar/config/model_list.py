@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from sidecar import providers
 from sidecar.config.router_settings import RouterSettings
 from sidecar.config.values import is_token, mapping, resolve, seconds, secret
@@ -137,6 +139,12 @@ def _params(raw: Any, where: str, env: Mapping[str, str], warnings: list[str]) -
                 path, "unknown key: neither a LiteLLM setting nor an OpenAI request parameter"
             )
     extra_body = {str(k): v for k, v in fields.pop("extra_body", {}).items()}
+    for name, sent in (("extra_body", extra_body), ("defaults", defaults)):
+        try:
+            orjson.dumps(sent)  # what every request will carry: it must be writable
+        except orjson.JSONEncodeError as exc:
+            place = f"{where}.extra_body" if name == "extra_body" else where
+            raise ConfigError(place, f"holds a value no request body can carry: {exc}") from None
     if "api_key" in fields:
         fields["api_key"] = secret(fields["api_key"], f"{where}.api_key")
 

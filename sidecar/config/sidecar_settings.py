@@ -74,9 +74,8 @@ def server_settings(raw: Mapping[str, Any]) -> ServerSettings:
     for name in ("port", "admin_port"):
         if not 0 <= values.get(name, 0) <= 65535:
             raise ConfigError(f"sidecar_settings.{name}", "must be 0..65535")
-    if values.get("admin_port") not in (None, 0) and values["admin_port"] == values.get(
-        "port", 4000
-    ):
+    # Checked here when the file sets both; the command line checks what --port makes of it.
+    if values.get("admin_port") not in (None, 0) and values["admin_port"] == values.get("port"):
         # With workers both listeners would join one SO_REUSEPORT group: the kernel would
         # send API calls to the admin listener, which answers them 404.
         raise ConfigError("sidecar_settings.admin_port", "must differ from port")

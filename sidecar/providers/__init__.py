@@ -6,6 +6,7 @@ computed here, once, at load time, so the hot path only looks them up.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from yarl import URL
@@ -126,15 +127,22 @@ def build(
     )
 
 
-MIN_SECRET = 8  # characters: shorter header values ("1", "true") are no key worth blanking
+MIN_SECRET = 4  # characters: a shorter value would blank common text, and is no real key
+# Header names that carry credentials: the deployment's key, and extra_headers such as
+# x-api-key, x-auth-token or a signature. Other extra_headers (x-project: 2024) are no secret.
+_CREDENTIAL_NAME = re.compile(
+    r"authorization|api-key|key|token|secret|auth|passw|cookie|signature", re.I
+)
 
 
 def _secrets(headers: Mapping[str, str]) -> list[str]:
-    """What an upstream could quote back of a deployment's headers: its key, and every value of
-    its extra_headers (x-api-key and the like), the token of a Bearer credential on its own.
-    The longest first, so that a token inside a longer value is blanked with it."""
+    """What an upstream could quote back of a deployment's credentials: each such header's
+    value, and the token of a Bearer credential on its own. The longest first, so that a
+    token inside a longer value is blanked with it."""
     found = set()
-    for value in headers.values():
+    for name, value in headers.items():
+        if not _CREDENTIAL_NAME.search(name):
+            continue
         scheme, _, token = value.partition(" ")
         if scheme.lower() == "bearer":
             found.add(token)
