@@ -62,6 +62,8 @@ SCENARIOS = {
     ),
     "latency": ("(d) chat, 1 connection", "/v1/chat/completions", CHAT_BODY, 1),
 }
+# (f) is run by tests/bench/tokens.py, not wrk: its label only.
+TOKENS_LABEL = "(f) token streams, one write per event"
 
 
 def free_port() -> int:
@@ -351,6 +353,38 @@ def hold_streams(target: Target, streams: int, hold: float, work: Path) -> Resul
     )
 
 
+def token_streams(
+    target: Target, upstream: Target, streams: int, events: int, pace: float
+) -> Result:
+    """(f): token streams, one write per event: proxy CPU per event, and how late events
+    arrive (p50/p99 of now minus when the upstream wrote them)."""
+    watched = target if target.is_proxy else upstream
+    assert watched.proc is not None
+    cpu_before = cpu_seconds(watched.proc.pid)
+    reset_peak(watched.proc.pid)
+    started = time.perf_counter()
+    argv = [sys.executable, "-m", "tests.bench.tokens", "--port", str(target.port)]
+    argv += ["--streams", str(streams), "--events", str(events), "--pace", str(pace), "--auth", KEY]
+    out = subprocess.run(
+        pinned(LOAD_CPU, argv), capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    elapsed = time.perf_counter() - started
+    line = next(x for x in out.stdout.splitlines() if x.startswith("TOKENS "))
+    count, p50, p99, failed = line.split()[1:]
+    relayed = max(int(count), 1)
+    cpu = cpu_seconds(watched.proc.pid) - cpu_before
+    return Result(
+        rps=relayed / elapsed,
+        p50_ms=float(p50),
+        p90_ms=0.0,
+        p99_ms=float(p99),
+        cpu_us=cpu / relayed * 1e6 if target.is_proxy else None,
+        peak_mib=status_kib(watched.proc.pid, "VmHWM") / 1024 if target.is_proxy else None,
+        errors=int(failed) + streams * events - int(count),
+        extra={"events": float(count)},
+    )
+
+
 def table(results: dict[str, dict[str, Result]], targets: list[Target]) -> str:
     names = [t.name for t in targets]
     lines = [
@@ -359,6 +393,8 @@ def table(results: dict[str, dict[str, Result]], targets: list[Target]) -> str:
     ]
     for scenario, by_target in results.items():
         label = SCENARIOS[scenario][0] if scenario in SCENARIOS else scenario
+        if scenario == "tokens":
+            label = TOKENS_LABEL
         nginx = by_target.get("nginx")
         for name in names:
             r = by_target.get(name)
@@ -373,6 +409,19 @@ def table(results: dict[str, dict[str, Result]], targets: list[Target]) -> str:
                     if added_nginx and name != "nginx"
                     else ""
                 )
+            if scenario == "tokens":
+                direct = by_target.get("direct")
+                added = (
+                    f"+{r.p50_ms - direct.p50_ms:.2f} ms p50, +{r.p99_ms - direct.p99_ms:.2f} ms p99"
+                    if direct is not None and name != "direct"
+                    else ""
+                )
+                lines.append(
+                    f"| {label} | {name} | {r.rps:,.0f} events/s | {r.p50_ms:.2f} | | {r.p99_ms:.2f} | "
+                    f"{_num(r.cpu_us) + ' per event' if r.cpu_us is not None else ''} | "
+                    f"{_num(r.peak_mib)} | {r.errors} | {added} |"
+                )
+                continue
             if scenario == "streams":
                 x = r.extra
                 lines.append(
@@ -414,7 +463,10 @@ def main() -> int:
     default_streams = min(10_000, (hard - 200) // 2)
     parser.add_argument("--streams", type=int, default=default_streams, help="open streams for (e)")
     parser.add_argument("--hold", type=float, default=30.0, help="seconds each stream is held open")
-    parser.add_argument("--only", default="chat,stream,embeddings,latency,streams")
+    parser.add_argument("--only", default="chat,stream,embeddings,latency,tokens,streams")
+    parser.add_argument("--token-streams", type=int, default=256, help="concurrent streams for (f)")
+    parser.add_argument("--token-events", type=int, default=100, help="events per stream in (f)")
+    parser.add_argument("--token-pace", type=float, default=0.02, help="seconds between events")
     parser.add_argument("--targets", default="direct,nginx,sidecar")
     parser.add_argument(
         "--separate-writes", action="store_true", help="upstream writes each SSE event on its own"
@@ -453,7 +505,11 @@ def main() -> int:
             for scenario in args.only.split(","):
                 results[scenario] = {}
                 for target in targets:
-                    if scenario == "streams":
+                    if scenario == "tokens":
+                        results[scenario][target.name] = token_streams(
+                            target, upstream, args.token_streams, args.token_events, args.token_pace
+                        )
+                    elif scenario == "streams":
                         if target.is_proxy:
                             results[scenario][target.name] = hold_streams(
                                 target, args.streams, args.hold, work

@@ -5,7 +5,10 @@ benchmark's clients and proxies, so that it is never the bottleneck. Replies:
 - POST .../chat/completions: a chat.completion, or, with "stream": true in the body, a
   chunked text/event-stream of 20 SSE events (see SEPARATE_WRITES);
 - POST .../embeddings: one 1536-dimension vector;
-- a body with "bench_hold": S sends the first stream chunk, then the rest S seconds later.
+- a body with "bench_hold": S sends the first stream chunk, then the rest S seconds later;
+- a body with "bench_pace": P and "bench_events": N streams N events, one write each, P seconds
+  apart, as a model server sends tokens; each carries "bench_t", the monotonic clock when it was
+  written, so that a client can tell how late it arrived.
 
     python -m tests.bench.upstream --port 9000
 """
@@ -16,6 +19,7 @@ import argparse
 import asyncio
 import random
 import re
+import time
 from typing import cast
 
 import orjson
@@ -24,6 +28,8 @@ STREAM_CHUNKS = 20
 DIMENSIONS = 1536
 
 _HOLD = re.compile(rb'"bench_hold"\s*:\s*([0-9.]+)')
+_PACE = re.compile(rb'"bench_pace"\s*:\s*([0-9.]+)')
+_EVENTS = re.compile(rb'"bench_events"\s*:\s*([0-9]+)')
 _STREAM = re.compile(rb'"stream"\s*:\s*true')
 
 
@@ -107,6 +113,11 @@ STREAM_EVENTS = [
 ] + [_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"]
 
 STREAM_BODY = b"".join(STREAM_EVENTS)
+TOKEN_EVENT = (
+    b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
+    b'"model":"bench-model","bench_t":%.6f,"choices":[{"index":0,"delta":{"content":" tok"},'
+    b'"finish_reason":null}]}\n\n'
+)
 # One write per event makes each its own TCP segment, as a server flushing every token does. It
 # is realistic but costs this process and the load generator (which share a core) so much that
 # they, not the proxy, would set the pace; so by default the events go out in one write.
@@ -150,6 +161,10 @@ class Upstream(asyncio.Protocol):
         path = request_line.split(b" ", 2)[1]
         if path.endswith(b"/chat/completions"):
             if _STREAM.search(body):
+                pace, events = _PACE.search(body), _EVENTS.search(body)
+                if pace and events:
+                    self.paced(float(pace.group(1)), int(events.group(1)))
+                    return
                 hold = _HOLD.search(body)
                 self.stream(float(hold.group(1)) if hold else 0.0)
             else:
@@ -170,6 +185,24 @@ class Upstream(asyncio.Protocol):
             asyncio.get_running_loop().call_later(hold, self.finish, 1)
         else:
             self.finish(0)
+
+    def paced(self, pace: float, events: int) -> None:
+        """A token stream: one event per write, `pace` seconds apart, then [DONE]."""
+        assert self.transport is not None
+        self.transport.write(STREAM_HEAD)
+        loop = asyncio.get_running_loop()
+
+        def send(left: int) -> None:
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return
+            if not left:
+                transport.write(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+                return
+            transport.write(_chunk(TOKEN_EVENT % time.monotonic()))
+            loop.call_later(pace, send, left - 1)
+
+        send(events)
 
     def finish(self, start: int) -> None:
         transport = self.transport
