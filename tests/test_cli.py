@@ -170,6 +170,14 @@ async def ask_demo(port: int) -> dict[str, object]:
         return result
 
 
+MOCK_ENTRY = "  - model_name: {0}\n    litellm_params: {{model: openai/{0}, mock_response: hi}}\n"
+
+
+def write_table(path: Path, *models: str) -> None:
+    """A routing table of mock_response models, each answering under its own name."""
+    path.write_text("model_list:\n" + "".join(MOCK_ENTRY.format(m) for m in models))
+
+
 async def test_serves_the_example_and_stops_on_sigterm(
     served: tuple[subprocess.Popen[bytes], int],
 ) -> None:
@@ -206,8 +214,7 @@ async def eventually(check: object, want: object) -> None:
 
 async def test_sighup_reloads_and_refuses_an_invalid_file(tmp_path: Path) -> None:
     path = tmp_path / "table.yaml"
-    entry = "  - model_name: {0}\n    litellm_params: {{model: openai/{0}, mock_response: hi}}\n"
-    path.write_text("model_list:\n" + entry.format("one"))
+    write_table(path, "one")
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "--config", str(path), "--port", str(port)],
@@ -216,7 +223,7 @@ async def test_sighup_reloads_and_refuses_an_invalid_file(tmp_path: Path) -> Non
     )
     try:
         await wait_ready(port)
-        path.write_text("model_list:\n" + entry.format("one") + entry.format("two"))
+        write_table(path, "one", "two")
         proc.send_signal(signal.SIGHUP)
         await eventually(lambda: models(port), ["one", "two"])
         path.write_text(
@@ -325,10 +332,9 @@ def test_port_in_use_is_a_clear_error() -> None:
 async def test_a_second_instance_with_workers_cannot_share_the_port(tmp_path: Path) -> None:
     """SO_REUSEPORT would let it join the port, and the kernel spread requests between two
     tables; it must refuse to start instead."""
-    entry = "  - model_name: {0}\n    litellm_params: {{model: openai/{0}, mock_response: hi}}\n"
     first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
-    first.write_text("model_list:\n" + entry.format("table-a"))
-    second.write_text("model_list:\n" + entry.format("table-b"))
+    write_table(first, "table-a")
+    write_table(second, "table-b")
     port = free_port()
     proc = spawn(first, port, "--workers", "2")
     try:
@@ -418,13 +424,12 @@ async def replace_a_worker(proc: subprocess.Popen[bytes], port: int, table: str)
 
 async def test_a_replaced_worker_serves_the_reloaded_table(tmp_path: Path) -> None:
     path = tmp_path / "table.yaml"
-    entry = "  - model_name: {0}\n    litellm_params: {{model: openai/{0}, mock_response: hi}}\n"
-    path.write_text("model_list:\n" + entry.format("old-table"))
+    write_table(path, "old-table")
     port = free_port()
     proc = spawn(path, port, "--workers", "2")
     try:
         await wait_ready(port)
-        path.write_text("model_list:\n" + entry.format("new-table"))
+        write_table(path, "new-table")
         proc.send_signal(signal.SIGHUP)
         await asyncio.sleep(0.5)
         await replace_a_worker(proc, port, "new-table")
@@ -440,13 +445,12 @@ async def test_a_replaced_worker_serves_the_table_of_the_last_file_change(
     """Edit the file (workers reload it), break it (refused), kill a worker: its replacement
     must serve the edited table, not the one from start-up."""
     path = tmp_path / "table.yaml"
-    entry = "  - model_name: {0}\n    litellm_params: {{model: openai/{0}, mock_response: hi}}\n"
-    path.write_text("model_list:\n" + entry.format("start-table"))
+    write_table(path, "start-table")
     port = free_port()
     proc = spawn(path, port, "--workers", "2")
     try:
         await wait_ready(port)
-        path.write_text("model_list:\n" + entry.format("edited-table"))
+        write_table(path, "edited-table")
 
         async def all_edited() -> bool:
             return all([await models(port) == ["edited-table"] for _ in range(6)])
@@ -493,8 +497,7 @@ async def test_a_change_while_a_worker_starts_reaches_it(tmp_path: Path) -> None
     """A SIGHUP that arrives while a replacement worker starts (after it loaded the file,
     before its loop handles the signal) must still make it load the new table."""
     path = tmp_path / "table.yaml"
-    entry = "  - model_name: {0}\n    litellm_params: {{model: openai/{0}, mock_response: hi}}\n"
-    path.write_text("model_list:\n" + entry.format("table-0"))
+    write_table(path, "table-0")
     port = free_port()
     proc = spawn(path, port, "--workers", "2")
     try:
@@ -506,7 +509,7 @@ async def test_a_change_while_a_worker_starts_reaches_it(tmp_path: Path) -> None
             while not set(worker_pids(proc.pid)) - set(before):  # the replacement is forked
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.002)
-            path.write_text("model_list:\n" + entry.format(f"table-{round}"))
+            write_table(path, f"table-{round}")
             proc.send_signal(signal.SIGHUP)
 
             async def all_new(want: str = f"table-{round}") -> bool:
