@@ -167,21 +167,16 @@ def upstream_failure(exc: UpstreamError, deployment: str) -> GatewayError:
 ERROR_SNIPPET = 300  # characters of a non-JSON upstream error shown to the client
 
 
-def upstream_not_json(
-    status: int, reason: str, body: bytes, deployment: str, secrets: Iterable[str] = ()
-) -> GatewayError:
+def upstream_not_json(status: int, reason: str, body: bytes, deployment: str) -> GatewayError:
     """An upstream error that is not JSON (an HTML page from a load balancer, a plain-text
     message, an empty body), turned into the OpenAI shape that clients parse, with the same
-    status, its reason phrase and the start of its body. An upstream may quote the key it was
-    sent ("invalid key sk-..."): the deployment's keys are blanked out of what is shown."""
-    text = redact(body, secrets)[: ERROR_SNIPPET * 4].decode("utf-8", "replace")
-    text = " ".join(text.split())
+    status, its reason phrase and the start of its body (already redacted: clean_error)."""
+    text = " ".join(body[: ERROR_SNIPPET * 4].decode("utf-8", "replace").split())
     if len(text) > ERROR_SNIPPET:
         text = text[:ERROR_SNIPPET] + "..."
-    said = f"{status} {reason}" if reason else str(status)
     return GatewayError(
         status,
-        f"Upstream '{deployment}' answered {said}"
+        f"Upstream '{deployment}' answered {_status_line(status, reason)}"
         + (f": {text}" if text else ", with an empty body."),
         UPSTREAM,
         "upstream_error",
@@ -217,10 +212,9 @@ def clean_error(
     encoding = next((v for k, v in headers if k.lower() == "content-encoding"), "")
     plain = _decoded(body, encoding.strip().lower()) if len(body) <= MAX_ERROR_BODY else None
     if plain is None:
-        said = f"{status} {reason}" if reason else str(status)
         raise GatewayError(
             status,
-            f"Upstream '{deployment}' answered {said}; its body (encoded as "
+            f"Upstream '{deployment}' answered {_status_line(status, reason)}; its body (encoded as "
             f"'{encoding or 'identity'}', {len(body)} bytes or more) is not shown.",
             UPSTREAM,
             "upstream_error",
@@ -233,6 +227,10 @@ def clean_error(
     if not is_json(content_type.lower()):
         raise upstream_not_json(status, reason, plain, deployment)
     return headers, plain
+
+
+def _status_line(status: int, reason: str) -> str:
+    return f"{status} {reason}" if reason else str(status)
 
 
 def _decoded(body: bytes, encoding: str) -> bytes | None:

@@ -124,6 +124,13 @@ class Outcome:
     stream: bool = False
     started: float = 0.0  # time.perf_counter() when the request arrived
 
+    @classmethod
+    def of(cls, request: BaseRequest, started: float) -> Outcome:
+        """A request's outcome as it arrives: its id, the client's or one made here."""
+        given = request.headers.get(REQUEST_ID_HEADER)
+        request_id = requestid.take(given)
+        return cls(request_id, request_id != given, started=started)
+
 
 class Gateway:
     def __init__(
@@ -149,9 +156,7 @@ class Gateway:
         # costs more than the rest of routing.
         path = request.raw_path.partition("?")[0]
         started = time.perf_counter()  # uvloop's loop.time() counts whole milliseconds
-        given = request.headers.get(REQUEST_ID_HEADER)
-        request_id = requestid.take(given)
-        outcome = Outcome(request_id, request_id != given, started=started)
+        outcome = Outcome.of(request, started)
         try:
             endpoint = match(request.method, path)
         except RouteError as exc:
@@ -209,9 +214,7 @@ class Gateway:
             endpoint = None
         if endpoint in ADMIN_ENDPOINTS:
             return await self.handle(request)
-        outcome = Outcome(
-            requestid.take(request.headers.get(REQUEST_ID_HEADER)), started=time.perf_counter()
-        )
+        outcome = Outcome.of(request, time.perf_counter())
         return self._refuse(request, path, outcome, refusal(request.method, path))
 
     def _refuse(
