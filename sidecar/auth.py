@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-
-from multidict import CIMultiDictProxy
 
 
 def digest(key: str) -> bytes:
@@ -43,9 +41,10 @@ class ClientKey:
         return self.models is None or self.models.fullmatch(model) is not None
 
 
-def presented_key(headers: CIMultiDictProxy[str]) -> str | None:
-    """The key a client sent: `Authorization: Bearer <key>` (OpenAI SDKs) or `api-key` (Azure's)."""
-    value = headers.get("Authorization")
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key a client sent (its fields by lower-case name): `Authorization: Bearer <key>`
+    (OpenAI SDKs) or `api-key` (Azure's)."""
+    value = headers.get("authorization")
     if value is not None:
         scheme, _, token = value.partition(" ")
         if scheme.lower() == "bearer":
@@ -61,7 +60,7 @@ class KeyRing:
     def __init__(self, keys: Iterable[ClientKey]) -> None:
         self.by_digest = {k.digest: k for k in keys}
 
-    def identify(self, headers: CIMultiDictProxy[str]) -> ClientKey | None:
+    def identify(self, headers: Mapping[str, str]) -> ClientKey | None:
         """The caller's key; OPEN when no key is configured; None for a missing or wrong one."""
         if not self.by_digest:
             return OPEN

@@ -38,13 +38,13 @@ class Failure:
             fields, clean = errors.clean_error(
                 exchange.status,
                 exchange.reason,
-                list(headers.items()),
+                headers,
                 body,
                 named[DEPLOYMENT_HEADER],
                 secrets,
             )
         except errors.GatewayError as error:
-            kept = [(k, v) for k, v in headers.items() if k.lower() == "retry-after"]
+            kept = [(k, v) for k, v in headers if k.lower() == "retry-after"]
             return cls(error, headers=kept)
         return cls(status=exchange.status, body=clean, headers=fields)
 

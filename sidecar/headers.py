@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from multidict import CIMultiDict, CIMultiDictProxy
-
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -25,7 +23,8 @@ HOP_BY_HOP = frozenset(
 )
 # Set by our own server for our connection to the client; an upstream's copy would be a duplicate.
 # (Set-Cookie is end to end, the upstream's to set: sticky sessions behind a balancer use it.)
-_OURS = frozenset({"content-length", "date", "server"})
+# X-Request-Id is the client's, or ours: every reply carries the request's own.
+_OURS = frozenset({"content-length", "date", "server", "x-request-id"})
 _NOT_RELAYED = HOP_BY_HOP | _OURS
 
 DEPLOYMENT_HEADER = "x-sidecar-deployment"  # which deployment served
@@ -52,12 +51,13 @@ def request_head(method: str, target: str, authority: str, fixed: Mapping[str, s
 IDENTITY = b"Accept-Encoding: identity\r\n"
 
 
-def client_headers(client: CIMultiDictProxy[str]) -> tuple[bytes, bytes]:
-    """The per-request header lines taken from the client: its Accept, and its Accept-Encoding.
-    A relayed reply is not decoded, so the upstream may compress only if the client said it can
-    decompress; a reply the gateway must translate is asked for uncompressed (IDENTITY)."""
-    accept = client.get("Accept")
-    encoding = client.get("Accept-Encoding")
+def client_headers(client: Mapping[str, str]) -> tuple[bytes, bytes]:
+    """The per-request header lines taken from the client (its fields by lower-case name): its
+    Accept, and its Accept-Encoding. A relayed reply is not decoded, so the upstream may
+    compress only if the client said it can decompress; a reply the gateway must translate is
+    asked for uncompressed (IDENTITY)."""
+    accept = client.get("accept")
+    encoding = client.get("accept-encoding")
     return (
         f"Accept: {accept}\r\n".encode("latin-1", "replace") if _clean(accept) else b"",
         f"Accept-Encoding: {encoding}\r\n".encode("latin-1", "replace")
@@ -75,24 +75,31 @@ def is_json(content_type: str) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
-def reply_headers(
-    upstream: Iterable[tuple[str, str]], named: Mapping[str, str]
-) -> tuple[CIMultiDict[str], str]:
+Fields = list[tuple[str, str]]
+
+
+def reply_headers(upstream: Iterable[tuple[str, str]], named: Mapping[str, str]) -> tuple[Fields, str]:
     """The upstream's end-to-end headers (content type, encoding, rate-limit hints ...) with
-    ours (`named`) added, and its content type in lower case."""
-    pairs = list(upstream)
+    ours (`named`, lower-case names) in place of any of the same name, and its content type in
+    lower case."""
+    pairs = upstream if isinstance(upstream, list) else list(upstream)
     connection_tokens: set[str] = set()
     for name, value in pairs:
         if name.lower() == "connection":
             connection_tokens.update(t.strip().lower() for t in value.split(","))
-    out: CIMultiDict[str] = CIMultiDict()
+    out: Fields = []
     content_type = ""
     for name, value in pairs:
         low = name.lower()
-        if low in _NOT_RELAYED or low in connection_tokens:
+        if low in _NOT_RELAYED or low in connection_tokens or low in named:
             continue
         if low == "content-type":
             content_type = value.lower()
-        out.add(name, value)
-    out.update(named)
+        out.append((name, value))
+    out.extend(named.items())
     return out, content_type
+
+
+def has(fields: Fields, name: str) -> bool:
+    """Whether a field of this (lower-case) name is among `fields`."""
+    return any(k.lower() == name for k, _ in fields)

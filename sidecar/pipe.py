@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from aiohttp import web
-from aiohttp.web_request import BaseRequest
-
 from sidecar import errors, sse
-from sidecar.headers import DEPLOYMENT_HEADER, STREAM_HEADERS, reply_headers
+from sidecar.headers import DEPLOYMENT_HEADER, STREAM_HEADERS, has, reply_headers
+from sidecar.http.message import Responder
 from sidecar.origin import UpstreamError
 from sidecar.providers.translate import TextToChat, TextToChatStream
 from sidecar.sse import SSEError
@@ -24,12 +22,12 @@ from sidecar.upstream import Exchange
 
 
 async def relay(
-    request: BaseRequest,
+    reply: Responder,
     exchange: Exchange,
     named: dict[str, str],
     translation: TextToChat | None = None,
     secrets: tuple[str, ...] = (),
-) -> web.StreamResponse:
+) -> None:
     """Send the upstream's reply to the client, through `translation` when there is one (error
     replies never are), with our `named` headers added. Ends `exchange` in every case."""
     headers, content_type = reply_headers(exchange.headers, named)
@@ -39,14 +37,10 @@ async def relay(
             # Read whole (errors are small), checked for our keys, never translated.
             body = await read_error(exchange, deployment_id)
             fields, body = errors.clean_error(
-                exchange.status,
-                exchange.reason,
-                list(headers.items()),
-                body,
-                deployment_id,
-                secrets,
+                exchange.status, exchange.reason, headers, body, deployment_id, secrets
             )
-            return web.Response(status=exchange.status, body=body, headers=fields)
+            reply.send(exchange.status, fields, body, exchange.reason)
+            return
         is_sse = content_type.startswith("text/event-stream")
         if not is_sse and (exchange.length is not None or translation is not None):
             try:
@@ -55,15 +49,16 @@ async def relay(
                 raise errors.upstream_failure(exc, deployment_id) from None
             if translation is not None:
                 body = translation.reply(body)
-            return web.Response(status=exchange.status, body=body, headers=headers)
+            reply.send(exchange.status, headers, body, exchange.reason)
+            return
         if is_sse:
             # Added where the upstream said nothing: its own choice (llama.cpp's server sends
             # Cache-Control: no-store, stricter than ours) is passed on as it came.
             for name, value in STREAM_HEADERS.items():
-                headers.setdefault(name, value)
+                if not has(headers, name.lower()):
+                    headers.append((name, value))
         events = _Translated(translation.stream()) if translation and is_sse else None
-        out = _Stream(status=exchange.status, headers=headers)
-        await out.prepare(request)
+        reply.start(exchange.status, headers, exchange.reason)
         done = False  # the client has the stream's last event
         while True:
             try:
@@ -71,8 +66,8 @@ async def relay(
                 if events is not None:
                     chunk = events.feed(chunk)
             except (UpstreamError, SSEError):
-                abort(request)
-                return out
+                reply.abort()
+                return
             except asyncio.CancelledError:
                 if not done:
                     raise
@@ -82,19 +77,18 @@ async def relay(
                 if current is not None:
                     current.uncancel()
                 _finish_later(exchange)
-                return out
+                return
             if not chunk and not exchange.ended:
                 continue  # bytes that completed no event yet
             if not chunk:
                 break
             if exchange.ended:
                 # The last bytes and the end of the chunked body leave in one write.
-                await out.write_eof(chunk)
-                return out
-            await out.write(chunk)
+                reply.end(chunk)
+                return
+            await reply.write(chunk)
             done = is_sse and chunk.endswith(DONE_EVENTS)
-        await out.write_eof()
-        return out
+        reply.end()
     finally:
         if not exchange.handed_off:
             exchange.close()  # a no-op for a reply read to its end
@@ -147,33 +141,10 @@ class _Translated:
         return b"".join(sse.encode(self.stream.event(data)) for data in self.parser.feed(chunk))
 
 
-class _Stream(web.StreamResponse):
-    """A streamed reply whose head leaves with its first bytes, in one write instead of two.
-    (aiohttp's Response does the same; StreamResponse sends the head on its own by default.)"""
-
-    _send_headers_immediately = False
-
-    @property
-    def body_length(self) -> int:
-        """What went out so far, also for a stream the client left before its end."""
-        writer = self._payload_writer
-        return writer.output_size if writer is not None else self._body_length
-
-
-async def send_events(
-    request: BaseRequest, events: Iterable[bytes], headers: dict[str, str]
-) -> web.StreamResponse:
+async def send_events(reply: Responder, events: Iterable[bytes], headers: dict[str, str]) -> None:
     """A stream the gateway writes itself (mock replies), framed like an upstream's."""
-    out = _Stream(headers={"Content-Type": "text/event-stream", **STREAM_HEADERS, **headers})
-    await out.prepare(request)
+    fields = [("Content-Type", "text/event-stream"), *STREAM_HEADERS.items(), *headers.items()]
+    reply.start(200, fields)
     for event in events:
-        await out.write(event)
-    await out.write_eof()
-    return out
-
-
-def abort(request: BaseRequest) -> None:
-    """End the client's connection without the final chunk, so a cut stream reads as cut."""
-    transport = request.transport
-    if transport is not None:
-        transport.close()
+        await reply.write(event)
+    reply.end()

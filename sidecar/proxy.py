@@ -12,11 +12,8 @@ from typing import Any
 from urllib.parse import unquote
 
 import orjson
-from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_request import BaseRequest
 
-from sidecar import auth, errors, mock, outbound, pipe, replies, requestid, usage
+from sidecar import auth, errors, mock, outbound, pipe, requestid, usage
 from sidecar import request as requests
 from sidecar.accesslog import AccessLog
 from sidecar.config import Config
@@ -28,6 +25,7 @@ from sidecar.headers import (
     REQUEST_ID_HEADER,
     client_headers,
 )
+from sidecar.http.message import Request, Responder
 from sidecar.limits import KeyLimits
 from sidecar.metrics import UNKNOWN, Metrics
 from sidecar.origin import UpstreamError
@@ -47,6 +45,8 @@ CLIENT_GONE = 499
 ADMIN_ENDPOINTS = frozenset({Endpoint.LIVELINESS, Endpoint.READINESS, Endpoint.METRICS})
 _LIVE = orjson.dumps({"status": "ok"})
 _READY = orjson.dumps({"status": "ready"})
+JSON = (("Content-Type", "application/json"),)
+TEXT = (("Content-Type", "text/plain; charset=utf-8"),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +125,7 @@ class Outcome:
     started: float = 0.0  # time.perf_counter() when the request arrived
 
     @classmethod
-    def of(cls, request: BaseRequest, started: float) -> Outcome:
+    def of(cls, request: Request, started: float) -> Outcome:
         """A request's outcome as it arrives: its id, the client's or one made here."""
         given = request.headers.get(REQUEST_ID_HEADER)
         request_id = requestid.take(given)
@@ -151,12 +151,13 @@ class Gateway:
         self.router.settings = config.router  # what it learnt of each deployment stays
         self.state = State.of(config)
 
-    async def handle(self, request: BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request, reply: Responder) -> None:
         # The raw path: routes are plain ASCII, and decoding it into a URL object per request
         # costs more than the rest of routing.
-        path = request.raw_path.partition("?")[0]
+        path = request.path
         started = time.perf_counter()  # uvloop's loop.time() counts whole milliseconds
         outcome = Outcome.of(request, started)
+        reply.always = ((REQUEST_ID_HEADER, outcome.request_id),)
         try:
             endpoint = match(request.method, path)
         except RouteError as exc:
@@ -164,76 +165,70 @@ class Gateway:
                 failure = errors.method_not_allowed(request.method, path, exc.allow)
             else:
                 failure = errors.unknown_path(request.method, path)
-            return self._refuse(request, path, outcome, failure)
-        response: web.StreamResponse | None = None
+            self._refuse(request, reply, outcome, failure)
+            return
         status = 500
         self.metrics.in_flight += 1
         try:
-            response = await self._dispatch(request, endpoint, outcome)
+            await self._dispatch(request, reply, endpoint, outcome)
         except errors.GatewayError as exc:
-            response = _failure(request, exc)
-        except web.HTTPRequestEntityTooLarge:
-            limit = self.state.config.server.max_request_bytes
-            response = _failure(request, errors.too_large(limit))
-        except (asyncio.CancelledError, ConnectionResetError) as exc:
+            _failure(reply, exc)
+        except asyncio.CancelledError:
             # The client went away (499 is nginx's code for it); nobody is left to answer.
             status = CLIENT_GONE
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            response = web.Response(status=CLIENT_GONE)
+            raise
         except Exception:
             log.exception("unhandled error serving %s %s", request.method, path)
-            response = _failure(request, errors.internal())
+            _failure(reply, errors.internal())
         finally:
             self.metrics.in_flight -= 1
-            if response is not None:
-                status = response.status
-                if not response.prepared:
-                    response.headers[REQUEST_ID_HEADER] = outcome.request_id
-            self._record(request, path, endpoint, outcome, status, response, started)
-        return response
+            if status != CLIENT_GONE:
+                status = reply.status or 500
+            self._record(request, path, endpoint, outcome, status, reply, started)
 
-    async def handle_admin(self, request: BaseRequest) -> web.StreamResponse:
+    async def handle_admin(self, request: Request, reply: Responder) -> None:
         """The admin listener: health and metrics as on the API's listener; nothing else."""
-        return await self._ops_only(request, errors.unknown_path)
+        await self._ops_only(request, reply, errors.unknown_path)
 
-    async def handle_over_limit(self, request: BaseRequest) -> web.StreamResponse:
+    async def handle_over_limit(self, request: Request, reply: Responder) -> None:
         """A connection past max_connections: health and metrics are still answered, so that
         a busy pod passes its probes; anything else gets 503. Either way it is then closed."""
-        response = await self._ops_only(request, lambda m, p: errors.too_many_connections())
-        response.force_close()
-        return response
+        reply.keep_alive = False
+        await self._ops_only(request, reply, lambda m, p: errors.too_many_connections())
 
     async def _ops_only(
-        self, request: BaseRequest, refusal: Callable[[str, str], errors.GatewayError]
-    ) -> web.StreamResponse:
-        path = request.raw_path.partition("?")[0]
+        self,
+        request: Request,
+        reply: Responder,
+        refusal: Callable[[str, str], errors.GatewayError],
+    ) -> None:
+        path = request.path
         try:
             endpoint: Endpoint | None = match(request.method, path)
         except RouteError:
             endpoint = None
         if endpoint in ADMIN_ENDPOINTS:
-            return await self.handle(request)
+            await self.handle(request, reply)
+            return
         outcome = Outcome.of(request, time.perf_counter())
-        return self._refuse(request, path, outcome, refusal(request.method, path))
+        reply.always = ((REQUEST_ID_HEADER, outcome.request_id),)
+        self._refuse(request, reply, outcome, refusal(request.method, path))
 
     def _refuse(
-        self, request: BaseRequest, path: str, outcome: Outcome, failure: errors.GatewayError
-    ) -> web.Response:
+        self, request: Request, reply: Responder, outcome: Outcome, failure: errors.GatewayError
+    ) -> None:
         """The answer to a path this listener does not serve, logged and counted."""
-        refused = replies.send(failure.answer())
-        refused.headers[REQUEST_ID_HEADER] = outcome.request_id
-        self._record(request, path, None, outcome, failure.status, refused, outcome.started)
-        return refused
+        reply.send_answer(failure.answer())
+        self._record(request, request.path, None, outcome, failure.status, reply, outcome.started)
 
     def _record(
         self,
-        request: BaseRequest,
+        request: Request,
         path: str,
         endpoint: Endpoint | None,
         outcome: Outcome,
         status: int,
-        response: web.StreamResponse | None,
+        reply: Responder,
         started: float,
     ) -> None:
         """Metrics and the access log line for one request (None: a path we do not serve)."""
@@ -242,6 +237,8 @@ class Gateway:
         self.metrics.done(name, outcome.model, outcome.deployment, status)
         if endpoint in MODEL_ENDPOINTS:
             self.metrics.duration.observe((name, outcome.model), duration)
+        if not self.access_log.enabled:
+            return
         ttfb = outcome.ttfb
         self.access_log.record(
             {
@@ -257,14 +254,14 @@ class Gateway:
                 "attempts": outcome.attempts,
                 "duration_ms": round(duration * 1000, 3),
                 "ttfb_ms": None if ttfb is None else round(ttfb * 1000, 3),
-                "bytes": _sent(response),
+                "bytes": reply.sent if reply.started else None,
                 "stream": outcome.stream,
             }
         )
 
     async def _dispatch(
-        self, request: BaseRequest, endpoint: Endpoint, outcome: Outcome
-    ) -> web.StreamResponse:
+        self, request: Request, reply: Responder, endpoint: Endpoint, outcome: Outcome
+    ) -> None:
         state = self.state
         if endpoint in KEYED:
             key = state.keys.identify(request.headers)
@@ -272,52 +269,38 @@ class Gateway:
                 raise errors.unauthorized()
             outcome.key = key.name
             if endpoint in MODEL_ENDPOINTS:
-                return await self._forward(request, endpoint, state, outcome, key)
+                await self._forward(request, reply, endpoint, state, outcome, key)
+                return
             if endpoint is Endpoint.MODELS:
-                return web.Response(body=state.models_for(key), content_type="application/json")
-            name = unquote(model_id(request.raw_path.partition("?")[0]))
+                reply.send(200, JSON, state.models_for(key))
+                return
+            name = unquote(model_id(request.path))
             found = state.model_object(name) if key.allows(name) else None
             if found is None:
                 raise errors.model_not_found(name)
-            return web.Response(body=found, content_type="application/json")
-        if endpoint is Endpoint.LIVELINESS:
-            return web.Response(body=_LIVE, content_type="application/json")
-        if endpoint is Endpoint.READINESS:
+            reply.send(200, JSON, found)
+        elif endpoint is Endpoint.LIVELINESS:
+            reply.send(200, JSON, _LIVE)
+        elif endpoint is Endpoint.READINESS:
             if self.draining:
                 raise errors.GatewayError(
                     503, "The gateway is shutting down.", errors.UNAVAILABLE, "draining"
                 )
-            return web.Response(body=_READY, content_type="application/json")
-        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
+            reply.send(200, JSON, _READY)
+        else:
+            reply.send(200, TEXT, self.metrics.render())
 
     async def _forward(
         self,
-        request: BaseRequest,
+        request: Request,
+        reply: Responder,
         endpoint: Endpoint,
         state: State,
         outcome: Outcome,
         key: auth.ClientKey,
-    ) -> web.StreamResponse:
-        limit = state.config.server.max_request_bytes
-        if limit and request.content_length is not None and request.content_length > limit:
-            raise errors.too_large(limit)  # before reading a byte of it
-        if request.headers.get("Expect", "").lower() == "100-continue":
-            _continue(request)
-        try:
-            if request.content.is_eof():
-                raw = await request.read()  # it all came with the head: nothing to wait for
-            else:
-                async with asyncio.timeout(state.config.server.body_timeout):
-                    raw = await request.read()
-        except TimeoutError:
-            raise errors.GatewayError(
-                408, "The request body took too long to arrive.", code="body_timeout"
-            ) from None
-        except HttpProcessingError:
-            # Broken chunked framing or a short body; the exception's text may quote the bytes.
-            raise errors.bad_request(
-                "The request body could not be read: malformed framing.", code="malformed_request"
-            ) from None
+    ) -> None:
+        # The body's limit, timeout and encoding were the server protocol's: it is here whole.
+        raw = request.body
         body = requests.parse(raw, endpoint)
         model: str = body["model"]
         found = state.table.lookup(model)
@@ -339,20 +322,21 @@ class Gateway:
         self.limits.admit(key, estimate)
         outcome.tokens = estimate
         try:
-            return await self._attempts(request, endpoint, raw, body, found, state, outcome)
+            await self._attempts(request, reply, endpoint, raw, body, found, state, outcome)
         finally:
             self.limits.used(key, outcome.tokens - estimate)
 
     async def _attempts(
         self,
-        request: BaseRequest,
+        request: Request,
+        reply: Responder,
         endpoint: Endpoint,
         raw: bytes,
         body: dict[str, Any],
         found: Match,
         state: State,
         outcome: Outcome,
-    ) -> web.StreamResponse:
+    ) -> None:
         """Try the group's deployments, then its fallback groups, until one answers.
 
         A connection failure, a timeout before the reply, a 429 or a 5xx moves on to another
@@ -403,7 +387,8 @@ class Gateway:
                 outcome.deployment = deployment.id
                 upstream_model = deployment.upstream_model(link.wildcard)
                 if deployment.mock_response is not None:
-                    return await _mock(request, endpoint, body, deployment, upstream_model, outcome)
+                    await _mock(reply, endpoint, body, deployment, upstream_model, outcome)
+                    return
                 if outcome.own_id and outcome.attempts == 1:
                     upstream_id = outcome.request_id
                 else:
@@ -416,11 +401,7 @@ class Gateway:
                 # Per attempt: a deployment's own translation may keep what another dropped.
                 requests.check_integers(raw, data[-1])
                 assert deployment.origin is not None
-                named = {
-                    DEPLOYMENT_HEADER: deployment.id,
-                    ATTEMPTS_HEADER: str(outcome.attempts),
-                    REQUEST_ID_HEADER: outcome.request_id,
-                }
+                named = {DEPLOYMENT_HEADER: deployment.id, ATTEMPTS_HEADER: str(outcome.attempts)}
                 router.started(deployment, tokens)
                 sent = time.perf_counter()
                 try:
@@ -454,13 +435,13 @@ class Gateway:
                 more = budget > 0 or position < len(fallback_names)
                 if (status == 429 or status >= 500) and more:
                     try:
-                        reply = await exchange.read_all(errors.MAX_ERROR_BODY + 1)
+                        error_body = await exchange.read_all(errors.MAX_ERROR_BODY + 1)
                     except UpstreamError:
-                        reply = b""
+                        error_body = b""
                     finally:
                         exchange.close()
                         router.finished(deployment)
-                    last = Failure.of_reply(exchange, reply, named, deployment.secrets)
+                    last = Failure.of_reply(exchange, error_body, named, deployment.secrets)
                     tried.add(deployment.id)
                     asked = last.retry_after()
                     if asked > MAX_RETRY_AFTER:
@@ -471,9 +452,8 @@ class Gateway:
                 streaming = outcome.stream and status < 400
                 self.metrics.streams_in_flight += streaming
                 try:
-                    return await pipe.relay(
-                        request, exchange, named, translation, deployment.secrets
-                    )
+                    await pipe.relay(reply, exchange, named, translation, deployment.secrets)
+                    return
                 except errors.GatewayError as exc:
                     exc.headers = {**(exc.headers or {}), ATTEMPTS_HEADER: str(outcome.attempts)}
                     raise
@@ -492,7 +472,7 @@ class Gateway:
                             router.used(deployment, sum(counted) - tokens)
                             outcome.tokens = sum(counted)
         assert last is not None
-        return replies.send(last.answer(outcome.attempts))
+        reply.send_answer(last.answer(outcome.attempts))
 
     def _failed(self, deployment: Deployment, cause: str, group: Group) -> None:
         if self.router.failed(deployment, cause, len(group.deployments)):
@@ -500,40 +480,23 @@ class Gateway:
             log.warning("deployment %s cools down after repeated failures", deployment.id)
 
 
-def _sent(response: web.StreamResponse | None) -> int | None:
-    if response is None:
-        return None
-    if isinstance(response, web.Response):
-        body = response.body
-        return len(body) if isinstance(body, bytes | bytearray) else None
-    return response.body_length
-
-
-def _continue(request: BaseRequest) -> None:
-    """Answer `Expect: 100-continue` (RFC 9110 10.1.1): the client waits for it before sending a
-    large body. Reached only once the declared length passed the size check."""
-    transport = request.transport
-    if transport is not None and request.version >= (1, 1):
-        transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-
-def _failure(request: BaseRequest, failure: errors.GatewayError) -> web.StreamResponse:
+def _failure(reply: Responder, failure: errors.GatewayError) -> None:
     """The error reply, or, when a reply has already begun, the end of the connection: a second
     status line inside a started body would corrupt it, so the client sees a cut reply instead."""
-    if request.writer.output_size > 0:
-        pipe.abort(request)
-        return web.Response(status=failure.status)  # never sent: the connection is closing
-    return replies.send(failure.answer())
+    if reply.started:
+        reply.abort()
+    else:
+        reply.send_answer(failure.answer())
 
 
 async def _mock(
-    request: BaseRequest,
+    reply: Responder,
     endpoint: Endpoint,
     body: dict[str, Any],
     deployment: Deployment,
     model: str,
     outcome: Outcome,
-) -> web.StreamResponse:
+) -> None:
     if endpoint is Endpoint.EMBEDDINGS:
         raise errors.bad_request(
             f"The model '{body['model']}' answers with mock_response, which serves chat and text "
@@ -542,15 +505,9 @@ async def _mock(
             "unsupported_endpoint",
         )
     text = deployment.mock_response or ""
-    headers = {
-        DEPLOYMENT_HEADER: deployment.id,
-        ATTEMPTS_HEADER: str(outcome.attempts),
-        REQUEST_ID_HEADER: outcome.request_id,  # a stream's head leaves before handle() ends
-    }
+    headers = {DEPLOYMENT_HEADER: deployment.id, ATTEMPTS_HEADER: str(outcome.attempts)}
     if body.get("stream"):
-        return await pipe.send_events(request, mock.stream(body, endpoint, model, text), headers)
-    return web.Response(
-        body=mock.reply(body, endpoint, model, text),
-        content_type="application/json",
-        headers=headers,
-    )
+        await pipe.send_events(reply, mock.stream(body, endpoint, model, text), headers)
+        return
+    fields = [("Content-Type", "application/json"), *headers.items()]
+    reply.send(200, fields, mock.reply(body, endpoint, model, text))

@@ -1,4 +1,4 @@
-"""aiohttp's low-level server around the Gateway: start, signals, reload, drain."""
+"""The sidecar's listeners around the Gateway: start, signals, reload, drain."""
 
 from __future__ import annotations
 
@@ -9,160 +9,39 @@ import os
 import resource
 import signal
 import socket
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
-
-from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
-from aiohttp.http_parser import RawRequestMessage
-from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
-from aiohttp.web_response import StreamResponse
 
 from sidecar import config as configs
-from sidecar import errors, replies
 from sidecar.accesslog import AccessLog
 from sidecar.config import Config
 from sidecar.deployment import ConfigError
+from sidecar.http.server import Listener
 from sidecar.metrics import Metrics
 from sidecar.proxy import Gateway
 from sidecar.upstream import Pool
 
 log = logging.getLogger("sidecar")
 
-KEEPALIVE_TIMEOUT = (
-    75.0  # seconds an idle client connection stays open; above common LB idle limits
-)
-
-
-class _Handler(RequestHandler):
-    """aiohttp's connection handler, with its answer to unparsable requests made ours.
-
-    aiohttp logs a parse error with a traceback whose message can quote the offending bytes (a
-    client's Authorization line among them) and echoes it in a text/plain body. Here the log
-    line says only what happened, and the client gets an OpenAI-shaped error.
-    """
-
-    def handle_error(
-        self,
-        request: BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> StreamResponse:
-        log.warning(
-            "rejected a malformed request from %s: %d %s",
-            request.remote,
-            status,
-            type(exc).__name__,
-        )
-        if request.writer.output_size > 0:
-            raise ConnectionError("the reply had started; the connection is dropped")
-        if status == 400 and _head_too_large(exc):
-            failure = errors.head_too_large(MAX_FIELD_BYTES, MAX_HEADERS)
-        elif status == 400:
-            failure = errors.bad_request("Malformed HTTP request.", code="malformed_request")
-        elif status == 413:
-            failure = errors.too_large(request.client_max_size)
-        else:
-            failure = errors.internal()
-        response = replies.send(failure.answer())
-        response.force_close()
-        return response
-
-
-# aiohttp's limits on a request head, named here because the 431 message states them.
-MAX_FIELD_BYTES = 8190  # a request line, a header name or value
-MAX_HEADERS = 128  # header fields
-
-
-def _head_too_large(exc: BaseException | None) -> bool:
-    return isinstance(exc, LineTooLong) or (
-        isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message
-    )
-
-
-# What every listener's connections are held to.
-_PROTOCOL: dict[str, Any] = {
-    "keepalive_timeout": KEEPALIVE_TIMEOUT,
-    "max_line_size": MAX_FIELD_BYTES,
-    "max_field_size": MAX_FIELD_BYTES,
-    "max_headers": MAX_HEADERS,
-}
-OVER_LIMIT_GRACE = 2.0  # seconds a connection past max_connections has to send its request
-
-
-class _Server(web.Server):
-    def __init__(
-        self,
-        *args: Any,
-        max_connections: int = 0,
-        over_limit: Callable[[BaseRequest], Awaitable[StreamResponse]] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.max_connections = max_connections
-        self.over_limit = over_limit
-        self.open = 0
-
-    def __call__(self) -> RequestHandler:
-        return _Handler(self, loop=self._loop, **self._kwargs)
-
-    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
-        super().connection_made(handler, transport)
-        self.open += 1
-        if self.max_connections and self.open > self.max_connections:
-            # Not closed unheard: its one request is answered (health and metrics as ever,
-            # anything else 503), then it is closed, or after a short grace if it sends none.
-            handler._request_handler = self.over_limit
-            self._loop.call_later(OVER_LIMIT_GRACE, transport.close)
-
-    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
-        super().connection_lost(handler, exc)
-        self.open -= 1
+ADMIN_DRAIN = 1.0  # seconds the admin listener's requests may take once the API's have drained
 
 
 @dataclass
 class Running:
     gateway: Gateway
-    runner: web.ServerRunner
+    listener: Listener
     port: int
-    admin: web.ServerRunner | None = None
+    admin: Listener | None = None
     admin_port: int | None = None  # the admin listener's bound port, when there is one
 
     async def stop(self) -> None:
         """Stop listening, let in-flight requests finish (up to the drain timeout), close the
         pool. The admin listener goes last, so that probes see readiness 503 while draining."""
         self.gateway.draining = True
-        await self.runner.cleanup()
+        await self.listener.close(self.gateway.state.config.server.drain_timeout)
         await self.gateway.pool.close()
         if self.admin is not None:
-            await self.admin.cleanup()
+            await self.admin.close(ADMIN_DRAIN)
         self.gateway.access_log.flush()
-
-
-def _bound(runner: web.ServerRunner, default: int) -> int:
-    return next((a[1] for a in runner.addresses if isinstance(a, tuple)), default)
-
-
-async def _admin(
-    gateway: Gateway, host: str, port: int, reuse_port: bool
-) -> tuple[web.ServerRunner, int]:
-    """The admin listener: health and metrics only, no connection limit, a short drain."""
-    # Our handler class and head limits as on the API's listener: a malformed request is never
-    # echoed or logged with its bytes here either.
-    server = _Server(gateway.handle_admin, access_log=None, **_PROTOCOL)
-    runner = web.ServerRunner(server, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner, _bound(runner, port)
 
 
 async def start(
@@ -177,49 +56,37 @@ async def start(
     """Listen and serve; `admin_port` (else sidecar_settings.admin_port) adds the admin listener."""
     pool = Pool()
     gateway = Gateway(config, pool, Metrics(), AccessLog(enabled=config.server.access_log))
-    loop = asyncio.get_running_loop()
 
-    def make_request(
-        message: RawRequestMessage,
-        payload: StreamReader,
-        protocol: RequestHandler,
-        writer: AbstractStreamWriter,
-        task: asyncio.Task[None],
-    ) -> BaseRequest:
-        # The body limit is read per request so that a reload can change it.
-        limit = gateway.state.config.server.max_request_bytes
-        return BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=limit)
+    def limits() -> tuple[int, float]:
+        # Read per request, so that a reload can change them.
+        server = gateway.state.config.server
+        return server.max_request_bytes, server.body_timeout
 
-    # handler_cancellation: when a client disconnects, its handler is cancelled, which closes the
-    # upstream request at once instead of letting it run to the end for nobody.
-    server = _Server(
+    listener = Listener(
         gateway.handle,
-        request_factory=make_request,
-        handler_cancellation=True,
-        access_log=None,
+        limits,
         max_connections=config.server.max_connections,
         over_limit=gateway.handle_over_limit,
-        **_PROTOCOL,
     )
-    runner = web.ServerRunner(server, shutdown_timeout=config.server.drain_timeout)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
     if admin_port is None:
         admin_port = config.server.admin_port
-    admin: web.ServerRunner | None = None
+    admin: Listener | None = None
     try:
-        await site.start()
+        bound = await listener.listen(host, port, reuse_port=reuse_port)
         if uds is not None:
-            await web.SockSite(runner, uds).start()
+            await listener.listen_on(uds)
         if admin_port is not None:
-            admin, admin_port = await _admin(
-                gateway, config.server.admin_host, admin_port, reuse_port
+            admin = Listener(gateway.handle_admin, limits)
+            admin_port = await admin.listen(
+                config.server.admin_host, admin_port, reuse_port=reuse_port
             )
     except BaseException:
-        await runner.cleanup()
+        await listener.close(0)
+        if admin is not None:
+            await admin.close(0)
         await pool.close()
         raise
-    return Running(gateway, runner, _bound(runner, port), admin, admin_port)
+    return Running(gateway, listener, bound, admin, admin_port)
 
 
 def reload(running: Running, path: str, announce: bool = True) -> bool:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from sidecar import request as requests
 from sidecar import sse
 from sidecar.errors import GatewayError
-from sidecar.http1 import ProtocolError, ResponseParser
+from sidecar.http.response_parser import ProtocolError, ResponseParser
 from sidecar.providers import translate
 from sidecar.routes import Endpoint
 from sidecar.sse import SSEError

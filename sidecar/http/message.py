@@ -1,0 +1,218 @@
+"""A client's request as the server protocol hands it on, and the writer of its reply.
+
+The Responder writes a whole reply in one write (head and body together) or a stream: the head
+with its first bytes, each piece chunk-framed, the last piece with the end. Writes wait while
+the client's socket buffer is full, which is what holds a fast upstream back for a slow reader.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from sidecar.errors import Answer
+
+Fields = Iterable[tuple[str, str]]
+
+SERVER = b"Server: sidecar\r\n"
+_CLOSE = b"Connection: close\r\n"
+_KEEP_ALIVE = b"Connection: keep-alive\r\n"  # said to HTTP/1.0 clients that asked for it
+_CHUNKED = b"Transfer-Encoding: chunked\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+WHOLE_WRITE = 16 * 1024  # bytes of body up to which head and body are joined into one write
+REASONS = {
+    100: "Continue",
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    409: "Conflict",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    499: "Client Closed Request",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+class Request:
+    """One request, whole: the head as parsed and the body as it came (decoded when it was
+    gzip- or deflate-compressed). Header names are lower case; repeated fields are joined
+    with ", " (RFC 9110 5.3)."""
+
+    __slots__ = ("body", "headers", "keep_alive", "method", "target", "version")
+
+    def __init__(self) -> None:
+        self.method = ""
+        self.target = ""  # the request target as sent: path and query, undecoded
+        self.version = "1.1"
+        self.headers: dict[str, str] = {}
+        self.body = b""
+        self.keep_alive = True  # what the client asked: HTTP/1.1 unless "close", 1.0 if "keep-alive"
+
+    @property
+    def path(self) -> str:
+        return self.target.partition("?")[0]
+
+
+class Connection(Protocol):
+    """What a Responder needs of its connection (the server protocol)."""
+
+    def send(self, data: bytes, more: bytes | None = None) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    @property
+    def write_paused(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    @property
+    def closing(self) -> bool: ...
+
+
+class _Clock:
+    """The Date header (RFC 9110 6.6.1), formatted once a second."""
+
+    __slots__ = ("line", "second")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.line = b""
+
+    def date(self) -> bytes:
+        second = int(time.time())
+        if second != self.second:
+            self.second = second
+            self.line = b"Date: %s\r\n" % formatdate(second, usegmt=True).encode()
+        return self.line
+
+
+CLOCK = _Clock()
+
+
+class Responder:
+    """The reply to one request. `send` writes it whole; `start`, `write` and `end` stream it.
+    `status` and `sent` (the body's bytes as written, a stream's chunk framing included) are
+    what the access log reports."""
+
+    __slots__ = (
+        "_chunked",
+        "_conn",
+        "_head",
+        "_head_only",
+        "_http10",
+        "always",
+        "done",
+        "keep_alive",
+        "sent",
+        "started",
+        "status",
+    )
+
+    def __init__(self, conn: Connection, request: Request) -> None:
+        self._conn = conn
+        self._head_only = request.method == "HEAD"
+        self._http10 = request.version == "1.0"
+        self.keep_alive = request.keep_alive
+        self._chunked = True
+        self._head = b""  # a stream's head, held until its first bytes
+        self.always: tuple[tuple[str, str], ...] = ()  # fields every head of this reply carries
+        self.status = 0
+        self.sent = 0
+        self.started = False  # a byte of the reply has been handed to the transport
+        self.done = False  # the reply is complete
+
+    def _head_of(self, status: int, reason: str, fields: Fields, framing: bytes) -> bytes:
+        self.status = status
+        if self._conn.closing:
+            self.keep_alive = False
+        lines = [
+            b"HTTP/1.1 %d %s\r\n" % (status, (reason or REASONS.get(status, "")).encode("latin-1"))
+        ]
+        for name, value in fields:
+            lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
+        for name, value in self.always:
+            lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
+        lines.append(CLOCK.date())
+        lines.append(SERVER)
+        lines.append(framing)
+        if not self.keep_alive:
+            lines.append(_CLOSE)
+        elif self._http10:
+            lines.append(_KEEP_ALIVE)
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def send(self, status: int, fields: Fields, body: bytes, reason: str = "") -> None:
+        """The whole reply, head and body in one write."""
+        head = self._head_of(status, reason, fields, b"Content-Length: %d\r\n" % len(body))
+        self.started = self.done = True
+        if self._head_only:
+            self._conn.send(head)
+        elif len(body) <= WHOLE_WRITE:
+            self._conn.send(head + body)
+        else:
+            self._conn.send(head, body)  # no copy of a large body
+        self.sent = len(body)
+
+    def send_answer(self, answer: Answer) -> None:
+        self.send(answer.status, answer.headers, answer.body)
+
+    def start(self, status: int, fields: Fields, reason: str = "") -> None:
+        """A streamed reply (chunked; close-delimited to an HTTP/1.0 client): its head leaves
+        with the first bytes."""
+        if self._http10:
+            self.keep_alive = False
+            framing = b""
+            self._chunked = False
+        else:
+            framing = _CHUNKED
+        self._head = self._head_of(status, reason, fields, framing)
+
+    async def write(self, data: bytes) -> None:
+        """One piece of a stream, framed and written now; waits while the client is slow."""
+        if not data:
+            return
+        framed = b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data
+        self.sent += len(framed)
+        if not self.started:
+            self.started = True
+            framed = self._head + framed
+        conn = self._conn
+        conn.send(framed)
+        if conn.write_paused:
+            await conn.drain()
+
+    def end(self, data: bytes = b"") -> None:
+        """The stream's last bytes and its end, in one write."""
+        out = b"%x\r\n%b\r\n" % (len(data), data) if data and self._chunked else data
+        if self._chunked:
+            out += _LAST_CHUNK
+        self.sent += len(out)
+        if not self.started:
+            self.started = True
+            out = self._head + out
+        self.done = True
+        self._conn.send(out)
+        if not self._chunked:
+            self._conn.close()  # a close-delimited body ends with the connection
+
+    def abort(self) -> None:
+        """End the connection without the end of the reply, so that a cut reply reads as cut."""
+        self.keep_alive = False
+        self._conn.close()

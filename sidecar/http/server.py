@@ -1,0 +1,508 @@
+"""Our HTTP/1.1 server: an asyncio protocol per connection, llhttp (httptools) parsing.
+
+A connection is a small state machine fed by `data_received`: llhttp's callbacks build each
+request, and a complete one is handed to the handler, one at a time and in order (pipelined
+requests wait their turn, RFC 9112 9.3.2). The handler runs as a task only because it waits
+on an upstream; the protocol itself allocates a Request, a Responder and little else.
+
+What aiohttp's server did for us is done here, each with its limit named below: head limits
+(431), the body limit (413, before a byte of the body is read when its length is declared),
+Expect: 100-continue, gzip/deflate request bodies, the slow-head and slow-body timeouts
+(408), the idle keep-alive timeout, write backpressure, the client leaving (its handler is
+cancelled, which closes the upstream call at once), malformed requests and smuggling attempts
+(llhttp is strict: one Content-Length, never beside Transfer-Encoding; an OpenAI-shaped 400
+that never echoes the bytes), and a graceful drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import socket
+import zlib
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import httptools
+
+from sidecar import errors
+from sidecar.http.message import Request, Responder
+
+log = logging.getLogger("sidecar")
+
+Handler = Callable[[Request, Responder], Coroutine[Any, Any, None]]
+Limits = Callable[[], tuple[int, float]]  # (max body bytes, 0 = none; body timeout seconds)
+
+MAX_FIELD_BYTES = 8190  # a request target, a header name or value (as nginx's and aiohttp's)
+MAX_HEADERS = 128  # header fields
+MAX_HEAD_BYTES = 64 * 1024  # a whole request head; llhttp holds a partial field until it ends
+KEEPALIVE_TIMEOUT = 75.0  # seconds an idle connection stays open; above common LB idle limits
+HEAD_TIMEOUT = 30.0  # seconds a request head may take to arrive, once begun
+MAX_PIPELINED = 8  # complete requests queued behind the one in hand; reading pauses beyond
+MAX_DECODED = 64 * 1024 * 1024  # bytes a compressed body may inflate to when no limit is set
+OVER_LIMIT_GRACE = 2.0  # seconds a connection past max_connections has to send its request
+SWEEP_INTERVAL = 0.1  # seconds between checks of deadlines: timeouts fire this late at most
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# What the parser is doing on a connection.
+_IDLE, _HEAD, _BODY = range(3)
+
+
+class _Refusal(Exception):
+    """A request refused while it is read; the answer goes out in turn, then the connection
+    closes (what follows cannot be trusted to be where llhttp stopped)."""
+
+    def __init__(self, failure: errors.GatewayError, why: str) -> None:
+        super().__init__(why)
+        self.failure = failure
+
+
+def _head_too_large() -> _Refusal:
+    return _Refusal(errors.head_too_large(MAX_FIELD_BYTES, MAX_HEADERS), "head too large")
+
+
+class Listener:
+    """The connections of one listening address (or several sharing a handler): the protocol
+    factory, the deadline sweep, and the drain."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        limits: Limits,
+        *,
+        max_connections: int = 0,
+        over_limit: Handler | None = None,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.handler = handler
+        self.limits = limits
+        self.max_connections = max_connections
+        self.over_limit = over_limit or handler
+        self.connections: set[HttpProtocol] = set()
+        self.waiting: set[HttpProtocol] = set()  # connections with a deadline
+        self.closing = False
+        self.servers: list[asyncio.AbstractServer] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._gone: asyncio.Event | None = None
+
+    def __call__(self) -> HttpProtocol:
+        return HttpProtocol(self)
+
+    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Listen on (host, port); the port bound (port 0 picks one)."""
+        server = await self.loop.create_server(
+            self, host, port, reuse_port=reuse_port or None, backlog=1024
+        )
+        self.servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    async def listen_on(self, sock: socket.socket) -> None:
+        """Serve a socket bound elsewhere (a Unix socket: --uds)."""
+        if sock.family == socket.AF_UNIX:
+            server = await self.loop.create_unix_server(self, sock=sock, backlog=1024)
+        else:
+            server = await self.loop.create_server(self, sock=sock, backlog=1024)
+        self.servers.append(server)
+
+    def watch(self, conn: HttpProtocol) -> None:
+        self.waiting.add(conn)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for conn in [c for c in self.waiting if c.deadline <= now]:
+            conn.expire()
+        self._sweeper = (
+            self.loop.call_later(SWEEP_INTERVAL, self._sweep) if self.waiting else None
+        )
+
+    def forget(self, conn: HttpProtocol) -> None:
+        self.connections.discard(conn)
+        self.waiting.discard(conn)
+        if self._gone is not None and not self.connections:
+            self._gone.set()
+
+    async def close(self, timeout: float) -> None:
+        """Stop accepting; let requests in hand (and their streams) finish for up to `timeout`
+        seconds while idle connections close; then cut what is left."""
+        self.closing = True
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        if self.connections:
+            self._gone = asyncio.Event()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._gone.wait()
+            except TimeoutError:
+                pass
+        for conn in list(self.connections):
+            conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for server in self.servers:
+            await server.wait_closed()
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.loop = listener.loop
+        self.handler = listener.handler
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.request: Request | None = None  # the request being read
+        self.pending: collections.deque[Request | _Refusal] = collections.deque()
+        self.task: asyncio.Task[None] | None = None  # the handler of the request in hand
+        self.reply: Responder | None = None
+        self.stage = _IDLE
+        self.deadline = 0.0
+        self.broken = False  # what follows on the connection is not parsed any more
+        self._closing = False  # no request after those already read
+        self.closed = False
+        self.write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._read_paused = False
+        self._continue_owed = False  # a request waits for 100 Continue before its body
+        self._url = b""
+        self._fields = 0
+        self._head_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._max_body = 0
+        self._body_timeout = 0.0
+
+    # Connection life.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        listener = self.listener
+        listener.connections.add(self)
+        if listener.closing:
+            self.close()
+            return
+        limit = listener.max_connections
+        if limit and len(listener.connections) > limit:
+            # Not closed unheard: its one request is answered (health and metrics as ever,
+            # anything else 503), then it is closed, or after a short grace if it sends none.
+            self.handler = listener.over_limit
+            self._closing = True
+            self.loop.call_later(OVER_LIMIT_GRACE, self.close)
+        self.deadline = self.loop.time() + KEEPALIVE_TIMEOUT
+        self.listener.watch(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.listener.forget(self)
+        if self.task is not None:
+            self.task.cancel()  # the client left: the upstream call is closed at once
+        self._wake_writer()
+
+    def eof_received(self) -> bool:
+        # A client that closes its side has gone (as with aiohttp and nginx's default): the
+        # connection closes, which cancels its handler and the upstream call with it.
+        return False
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        waiter = self._drained
+        if waiter is not None:
+            self._drained = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # What the Responder uses.
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def send(self, data: bytes, more: bytes | None = None) -> None:
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            return
+        if more is None:
+            transport.write(data)
+        else:
+            transport.writelines((data, more))
+
+    async def drain(self) -> None:
+        """Wait until the client has taken enough of what was written (pause_writing)."""
+        if self.write_paused and not self.closed:
+            self._drained = self.loop.create_future()
+            await self._drained
+
+    def close(self) -> None:
+        """Close once what was written has gone (a cut stream stays cut: no final chunk)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def shutdown(self) -> None:
+        """The drain: no request after those already read; an idle connection closes now."""
+        self._closing = True
+        if self.task is None and not self.pending:
+            self.close()
+
+    # Reading.
+
+    def data_received(self, data: bytes) -> None:
+        if self.broken:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if not isinstance(cause, _Refusal):
+                raise
+            self._refuse(cause)
+        except httptools.HttpParserUpgrade:
+            # The request that asked (h2c, websocket) was read whole and is answered over
+            # HTTP/1.1; what follows it is not HTTP/1.1, so nothing more is read.
+            self.broken = True
+            self._closing = True
+        except httptools.HttpParserError as exc:
+            failure = errors.bad_request("Malformed HTTP request.", code="malformed_request")
+            self._refuse(_Refusal(failure, type(exc).__name__))
+        else:
+            if self.stage == _HEAD:
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD_BYTES:
+                    self._refuse(_head_too_large())
+
+    def on_message_begin(self) -> None:
+        self.request = Request()
+        self.stage = _HEAD
+        self._url = b""
+        self._fields = 0
+        self._head_bytes = 0
+        self.deadline = self.loop.time() + HEAD_TIMEOUT
+        self.listener.watch(self)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > MAX_FIELD_BYTES:
+            raise _head_too_large()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        if (
+            self._fields > MAX_HEADERS
+            or len(name) > MAX_FIELD_BYTES
+            or len(value) > MAX_FIELD_BYTES
+        ):
+            raise _head_too_large()
+        key = name.decode("latin-1").lower()
+        # surrogateescape: bytes that are not UTF-8 are kept, as a key must hash, not fail.
+        text = value.decode("utf-8", "surrogateescape")
+        assert self.request is not None
+        headers = self.request.headers
+        if key in headers:
+            headers[key] += ", " + text
+        else:
+            headers[key] = text
+
+    def on_headers_complete(self) -> None:
+        request = self.request
+        assert request is not None
+        parser = self.parser
+        request.method = parser.get_method().decode("latin-1")
+        request.version = parser.get_http_version()
+        request.keep_alive = parser.should_keep_alive()
+        request.target = self._url.decode("latin-1")
+        self._max_body, self._body_timeout = self.listener.limits()
+        declared = request.headers.get("content-length")
+        if declared is not None and self._max_body and int(declared) > self._max_body:
+            raise _Refusal(errors.too_large(self._max_body), "body too large")  # unread
+        self.stage = _BODY
+        self._body = []
+        self._body_size = 0
+        if self._body_timeout:
+            self.deadline = self.loop.time() + self._body_timeout
+        else:
+            self.waiting_off()
+        if request.headers.get("expect", "").lower() == "100-continue" and request.version != "1.0":
+            # RFC 9110 10.1.1: the client waits for it before sending a large body.
+            if self.task is None and not self.pending:
+                self.send(_CONTINUE)
+            else:
+                self._continue_owed = True
+
+    def on_body(self, data: bytes) -> None:
+        self._body_size += len(data)
+        if self._max_body and self._body_size > self._max_body:
+            raise _Refusal(errors.too_large(self._max_body), "body too large")
+        self._body.append(data)
+
+    def on_message_complete(self) -> None:
+        request = self.request
+        assert request is not None
+        self.request = None
+        self.stage = _IDLE
+        body = self._body
+        if body:
+            request.body = body[0] if len(body) == 1 else b"".join(body)
+            self._body = []
+            encoding = request.headers.get("content-encoding")
+            if encoding is not None:
+                request.body = self._decoded(request.body, encoding.strip().lower())
+        if self.task is None and not self.pending:
+            self._start(request)
+            return
+        self.pending.append(request)
+        if len(self.pending) >= MAX_PIPELINED and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def _decoded(self, body: bytes, encoding: str) -> bytes:
+        """A compressed body, inflated (as aiohttp's server did); its limit applies to what it
+        inflates to, so that a small bomb is refused like a large body."""
+        if encoding in ("", "identity"):
+            return body
+        if encoding not in ("gzip", "x-gzip", "deflate"):
+            raise _Refusal(
+                errors.GatewayError(
+                    415,
+                    f"Content-Encoding '{encoding[:40]}' is not supported; send the body "
+                    "uncompressed, gzip or deflate.",
+                    code="unsupported_content_encoding",
+                ),
+                "unsupported encoding",
+            )
+        limit = self._max_body or MAX_DECODED
+        wbits = 16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS
+        try:
+            inflater = zlib.decompressobj(wbits)
+            plain = inflater.decompress(body, limit + 1)
+        except zlib.error:
+            raise _Refusal(
+                errors.bad_request(
+                    f"The request body is not valid {encoding} data.", code="malformed_body"
+                ),
+                "bad compressed body",
+            ) from None
+        if len(plain) > limit:
+            raise _Refusal(errors.too_large(limit), "inflated body too large")
+        return plain
+
+    # Serving.
+
+    def _start(self, request: Request) -> None:
+        if self.stage == _IDLE:
+            self.waiting_off()
+        reply = self.reply = Responder(self, request)
+        task = self.task = self.loop.create_task(self.handler(request, reply))
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.task = None
+        reply = self.reply
+        assert reply is not None
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                log.error("unhandled error in a request handler", exc_info=exc)
+                if not reply.started:
+                    reply.send_answer(errors.internal().answer())
+        if self.closed:
+            return
+        if not reply.done or not reply.keep_alive:
+            self.close()  # a reply cut short leaves the connection unusable
+            return
+        self._next()
+
+    def _next(self) -> None:
+        """The next request queued, or the idle wait for one."""
+        if self.pending:
+            item = self.pending.popleft()
+            if self._read_paused and self.transport is not None:
+                self._read_paused = False
+                self.transport.resume_reading()
+            if isinstance(item, _Refusal):
+                self._answer_refusal(item)
+            else:
+                self._start(item)
+            return
+        if self._closing:
+            self.close()
+            return
+        if self.stage == _IDLE:
+            self.deadline = self.loop.time() + KEEPALIVE_TIMEOUT
+            self.listener.watch(self)
+        elif self._continue_owed:
+            self._continue_owed = False
+            self.send(_CONTINUE)
+
+    def _refuse(self, refusal: _Refusal) -> None:
+        self.broken = True
+        self._closing = True
+        self.request = None
+        self.stage = _IDLE
+        self.waiting_off()
+        malformed = refusal.failure.code == "malformed_request"
+        log.warning(
+            "rejected a %s from %s: %d %s",
+            "malformed request" if malformed else "request",
+            self._peer(),
+            refusal.failure.status,
+            refusal,
+        )
+        if self.task is None and not self.pending:
+            self._answer_refusal(refusal)
+        else:
+            self.pending.append(refusal)
+
+    def _answer_refusal(self, refusal: _Refusal) -> None:
+        request = Request()
+        request.keep_alive = False
+        Responder(self, request).send_answer(refusal.failure.answer())
+        self.close()
+
+    def waiting_off(self) -> None:
+        self.listener.waiting.discard(self)
+
+    def expire(self) -> None:
+        """The sweep found this connection's deadline passed."""
+        if self.stage == _HEAD:
+            self._refuse(
+                _Refusal(
+                    errors.GatewayError(
+                        408, "The request head took too long to arrive.", code="head_timeout"
+                    ),
+                    "head timeout",
+                )
+            )
+        elif self.stage == _BODY:
+            self._refuse(
+                _Refusal(
+                    errors.GatewayError(
+                        408, "The request body took too long to arrive.", code="body_timeout"
+                    ),
+                    "body timeout",
+                )
+            )
+        elif self.task is None and not self.pending:
+            self.close()  # idle past the keep-alive timeout
+        else:
+            self.waiting_off()
+
+    def _peer(self) -> str:
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            return f"{peer[0]}:{peer[1]}"
+        return str(peer or "a local socket")
