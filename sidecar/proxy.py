@@ -79,6 +79,8 @@ class State:
         """The groups to try, in order, once `group` is exhausted."""
         router = self.config.router
         names = router.fallbacks.get(group, router.default_fallbacks)
+        if not names:
+            return ()
         return tuple(name for name in names if name != group)
 
     def fallbacks(self, names: tuple[str, ...]) -> Iterator[Match]:

@@ -96,6 +96,9 @@ class Router:
     def _weighted(
         self, members: tuple[Deployment, ...], exclude: frozenset[str] | set[str], now: float
     ) -> Deployment | None:
+        if len(members) == 1:  # the common group of one: no draw
+            only = members[0]
+            return only if only.id not in exclude and self.available(only, now) else None
         total = 0.0
         for d in members:
             if d.id not in exclude and self.available(d, now):

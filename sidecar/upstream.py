@@ -36,6 +36,7 @@ class Connection(asyncio.Protocol):
         self.origin = origin
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
+        self.parser: ResponseParser | None = None  # made with the first exchange, then reused
         self.closed = False
         self.idle_since = 0.0
 
@@ -105,7 +106,12 @@ class Exchange:
         self.timeout = timeout  # seconds of silence allowed, before the head and between chunks
         self.stream_timeout = stream_timeout  # once the head is in, when it differs
         self._loop = conn.pool.loop
-        self._parser = ResponseParser(self._on_head, self._on_body, self._on_end)
+        parser = conn.parser
+        if parser is None:
+            parser = conn.parser = ResponseParser(self._on_head, self._on_body, self._on_end)
+        else:
+            parser.expect(self._on_head, self._on_body, self._on_end)
+        self._parser = parser
         self.status = 0
         self.headers: Headers = []
         self._chunks: collections.deque[bytes] = collections.deque()
@@ -201,10 +207,10 @@ class Exchange:
     def _cancel_deadline(self) -> None:
         self.conn.pool.active.discard(self)
 
-    async def _wait(self) -> None:
-        waiter = self._loop.create_future()
-        self._waiter = waiter
-        await waiter
+    def _wait(self) -> asyncio.Future[None]:
+        """What to await for the next event: a bare future, not a coroutine around one."""
+        waiter = self._waiter = self._loop.create_future()
+        return waiter
 
     # Consumer side.
 

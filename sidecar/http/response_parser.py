@@ -22,7 +22,9 @@ class ProtocolError(Exception):
 
 
 class ResponseParser:
-    """Feed it bytes; it calls on_head(status, headers), on_body(bytes) and on_end()."""
+    """Feed it bytes; it calls on_head(status, headers), on_body(bytes) and on_end(). One
+    parser serves every reply of a keep-alive connection (`expect` readies it for the next):
+    making llhttp's parser costs more than parsing a reply."""
 
     __slots__ = (
         "_body",
@@ -46,11 +48,20 @@ class ResponseParser:
         on_body: Callable[[bytes], None],
         on_end: Callable[[], None],
     ) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        self.expect(on_head, on_body, on_end)
+
+    def expect(
+        self,
+        on_head: Callable[[int, Headers], None],
+        on_body: Callable[[bytes], None],
+        on_end: Callable[[], None],
+    ) -> None:
+        """Ready for the next reply on the connection, with its callbacks."""
         self._head = on_head
         self._body = on_body
         self._end = on_end
-        self._parser = httptools.HttpResponseParser(self)
-        self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         self._headers: Headers = []
         self._reason = b""
         self._in_head = True  # until the head of the (final) reply is complete
