@@ -57,41 +57,70 @@ async def relay(
             for name, value in STREAM_HEADERS.items():
                 if not has(headers, name.lower()):
                     headers.append((name, value))
-        events = _Translated(translation.stream()) if translation and is_sse else None
         reply.start(exchange.status, headers, exchange.reason)
-        done = False  # the client has the stream's last event
-        while True:
-            try:
-                chunk = await exchange.next_chunk()
-                if events is not None:
-                    chunk = events.feed(chunk)
-            except (UpstreamError, SSEError):
-                reply.abort()
-                return
-            except asyncio.CancelledError:
-                if not done:
-                    raise
-                # The client read [DONE] and left before the upstream's end of body came (some
-                # clients close at [DONE]): the stream is complete, the connection worth keeping.
-                current = asyncio.current_task()
-                if current is not None:
-                    current.uncancel()
-                _finish_later(exchange)
-                return
-            if not chunk and not exchange.ended:
-                continue  # bytes that completed no event yet
-            if not chunk:
-                break
-            if exchange.ended:
-                # The last bytes and the end of the chunked body leave in one write.
-                reply.end(chunk)
-                return
-            await reply.write(chunk)
-            done = is_sse and chunk.endswith(DONE_EVENTS)
-        reply.end()
+        if translation is not None and is_sse:
+            await _translate(reply, exchange, _Translated(translation.stream()))
+        else:
+            await _pipe(reply, exchange, is_sse)
     finally:
         if not exchange.handed_off:
             exchange.close()  # a no-op for a reply read to its end
+
+
+async def _pipe(reply: Responder, exchange: Exchange, is_sse: bool) -> None:
+    """A stream relayed from the upstream's data callback straight to the client's socket:
+    no task step per event. This coroutine only waits for the end, and for a slow client."""
+    exchange.pipe(reply.pipe)
+    while True:
+        try:
+            settled = exchange.settled()
+            if settled is not None:
+                await settled
+            if exchange.error is not None:
+                reply.abort()  # a cut stream must read as cut: no final chunk
+                return
+            if exchange.ended:
+                return
+            if exchange.blocked:
+                await reply.drain()
+                exchange.unblock()
+        except asyncio.CancelledError:
+            if not (is_sse and exchange.last.endswith(DONE_EVENTS)):
+                raise
+            # The client read [DONE] and left before the upstream's end of body came (some
+            # clients close at [DONE]): the stream is complete, the connection worth keeping.
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            exchange.unpipe()
+            _finish_later(exchange)
+            return
+
+
+async def _translate(reply: Responder, exchange: Exchange, events: _Translated) -> None:
+    """A stream turned into another format event by event (chat over a text completion)."""
+    done = False  # the client has the stream's last event
+    while True:
+        try:
+            chunk = events.feed(await exchange.next_chunk())
+        except (UpstreamError, SSEError):
+            reply.abort()
+            return
+        except asyncio.CancelledError:
+            if not done:
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            _finish_later(exchange)
+            return
+        if not chunk and not exchange.ended:
+            continue  # bytes that completed no event yet
+        if exchange.ended:
+            reply.end(chunk)  # the last bytes and the end of the chunked body in one write
+            return
+        await reply.write(chunk)
+        done = chunk.endswith(DONE_EVENTS)
 
 
 async def read_error(exchange: Exchange, deployment_id: str) -> bytes:

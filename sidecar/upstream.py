@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sidecar.http.response_parser import Headers, ProtocolError, ResponseParser
 from sidecar.origin import Origin, UpstreamError
@@ -75,6 +75,9 @@ class Connection(asyncio.Protocol):
                 self.transport.close()
 
 
+Sink = Callable[[bytes, bool], bool]  # (body bytes, the end) -> whether to keep reading
+
+
 class Exchange:
     """One request and its reply. Not reusable."""
 
@@ -88,6 +91,7 @@ class Exchange:
         "_parser",
         "_paused",
         "_sent_at",
+        "_sink",
         "_waiter",
         "before_last",
         "conn",
@@ -120,6 +124,7 @@ class Exchange:
         self._collect = False  # read_all: the whole body is wanted, so reading never pauses
         self._sent_at = 0.0
         self._waiter: asyncio.Future[None] | None = None
+        self._sink: Sink | None = None  # where a piped body goes, as it arrives (pipe())
         self._error: UpstreamError | None = None
         self.ended = False
         self.got_bytes = False
@@ -138,6 +143,9 @@ class Exchange:
         except ProtocolError as exc:
             self._fail(UpstreamError("protocol", str(exc)))
             self.conn.close()
+            return
+        if self._sink is not None and (self._chunks or self.ended):
+            self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.ended:
@@ -157,6 +165,8 @@ class Exchange:
     def _on_body(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
+        if self._sink is not None:
+            return  # written out once this read is parsed (_flush), all of it in one write
         if self._collect:
             if self._buffered > MAX_BODY:
                 self._fail(UpstreamError("protocol", f"reply body over {MAX_BODY} bytes"))
@@ -180,6 +190,57 @@ class Exchange:
         else:
             conn.close()
         self._wake()
+
+    # Piping: the body written to the client from this callback, with no task step per piece.
+
+    def pipe(self, sink: Sink) -> None:
+        """From now on the body goes to `sink(data, end)` as it arrives, what came before
+        first; `end` is True exactly once, with the last bytes. A sink that returns False (the
+        client's buffer is full) pauses reading from the upstream, and wakes the waiter
+        (settled()); unblock() resumes it."""
+        self._sink = sink
+        if self._chunks or self.ended:
+            self._flush()
+
+    def _flush(self) -> None:
+        sink = self._sink
+        assert sink is not None
+        chunks = self._chunks
+        data = b""
+        if chunks:
+            data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            self._buffered = 0
+            self.before_last, self.last = self.last, data
+        if self.ended:
+            self._sink = None
+            sink(data, True)
+        elif not sink(data, False) and not self._paused:
+            self._paused = True
+            self.conn.pause_reading()
+            self._wake()
+
+    @property
+    def blocked(self) -> bool:
+        """Reading is paused until the client takes what was written (pipe)."""
+        return self._paused
+
+    def settled(self) -> asyncio.Future[None] | None:
+        """While piping: a future that resolves when the reply has ended, failed or is blocked
+        on the client; None when it already has."""
+        if self.ended or self._error is not None or self._paused:
+            return None
+        return self._wait()
+
+    def unblock(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._last_read = self._loop.time()
+            self.conn.resume_reading()
+
+    def unpipe(self) -> None:
+        """Back to buffering (next_chunk): the client is gone, the rest is read for nobody."""
+        self._sink = None
 
     def _fail(self, error: UpstreamError) -> None:
         if self._error is None and not self.ended:

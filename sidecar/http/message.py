@@ -198,6 +198,25 @@ class Responder:
         if conn.write_paused:
             await conn.drain()
 
+    def pipe(self, data: bytes, end: bool) -> bool:
+        """A piece of a stream written from a callback (no await): framed, written at once,
+        the end with the last piece. False when the client's buffer is full: the caller stops
+        feeding it until drain()."""
+        if end:
+            self.end(data)
+            return True
+        if data:
+            framed = b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data
+            self.sent += len(framed)
+            if not self.started:
+                self.started = True
+                framed = self._head + framed
+            self._conn.send(framed)
+        return not self._conn.write_paused
+
+    async def drain(self) -> None:
+        await self._conn.drain()
+
     def end(self, data: bytes = b"") -> None:
         """The stream's last bytes and its end, in one write."""
         out = b"%x\r\n%b\r\n" % (len(data), data) if data and self._chunked else data

@@ -156,7 +156,9 @@ def wait_http(port: int, path: str, limit: float = 10.0) -> float:
         time.sleep(0.005)
 
 
-def start_sidecar(work: Path, upstream: int) -> Target:
+def start_sidecar(work: Path, upstream: int, workers: int = 1) -> Target:
+    """The sidecar, one worker pinned to the proxy's CPU; or `workers` processes (--workers N)
+    on every CPU, to show how it scales (then sharing CPU 1 with the load and the upstream)."""
     config = work / "sidecar.yaml"
     config.write_text(
         f"""
@@ -175,26 +177,15 @@ general_settings:
     )
     port = free_port()
     started = time.perf_counter()
+    argv = [sys.executable, "-m", "sidecar", "--config", str(config)]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    cpus = PROXY_CPU if workers == 1 else f"{PROXY_CPU},{LOAD_CPU}"
     proc = subprocess.Popen(
-        pinned(
-            PROXY_CPU,
-            [
-                sys.executable,
-                "-m",
-                "sidecar",
-                "--config",
-                str(config),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-        ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        pinned(cpus, argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     wait_http(port, "/health/readiness")
-    target = Target("sidecar", port, proc, start_s=time.perf_counter() - started)
+    name = "sidecar" if workers == 1 else f"sidecar --workers {workers}"
+    target = Target(name, port, proc, start_s=time.perf_counter() - started)
     time.sleep(0.5)
     target.idle_rss_kib = status_kib(proc.pid, "VmRSS")
     return target
@@ -247,6 +238,75 @@ http {{
     wait_http(port, "/health/readiness")
     time.sleep(0.3)
     return Target("nginx", port, proc, idle_rss_kib=status_kib(proc.pid, "VmRSS"))
+
+
+CANNED_CHAT = {
+    "id": "chatcmpl-canned",
+    "object": "chat.completion",
+    "created": 1700000000,
+    "model": "bench-model",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "A short canned answer. " * 4},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 180, "completion_tokens": 24, "total_tokens": 204},
+}
+CANNED_EMBEDDING = {
+    "object": "list",
+    "data": [{"object": "embedding", "index": 0, "embedding": [0.0123456] * 1536}],
+    "model": "bench-embed",
+    "usage": {"prompt_tokens": 10, "total_tokens": 10},
+}
+
+
+CANNED_SCENARIOS = ("chat", "embeddings", "latency")
+
+
+def start_canned(work: Path) -> Target:
+    """nginx itself as the upstream, answering canned JSON (chat and embeddings, never a
+    stream): it lifts the ceiling the Python fake upstream puts on requests/s."""
+    port = free_port()
+    conf = work / "canned.conf"
+    temp = work / "canned-temp"
+    temp.mkdir(exist_ok=True)
+    # Static files answer a POST with 405; error_page turns that into the file, with 200.
+    root = work / "canned"
+    (root / "v1" / "chat").mkdir(parents=True, exist_ok=True)
+    (root / "v1" / "chat" / "completions").write_text(json.dumps(CANNED_CHAT))
+    (root / "v1" / "embeddings").write_text(json.dumps(CANNED_EMBEDDING))
+    conf.write_text(
+        f"""
+worker_processes 1;
+daemon off;
+pid {work}/canned.pid;
+error_log {work}/canned-error.log warn;
+{"user root;" if os.geteuid() == 0 else ""}
+events {{ worker_connections 30000; }}
+http {{
+    access_log off;
+    client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fcgi; uwsgi_temp_path {temp}/uwsgi; scgi_temp_path {temp}/scgi;
+    keepalive_requests 1000000;
+    open_file_cache max=16;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location /v1/ {{ root {root}; default_type application/json; error_page 405 =200 $uri; }}
+        location = /health/readiness {{ return 200 'ok'; }}
+    }}
+}}
+"""
+    )
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    proc = subprocess.Popen(
+        pinned(LOAD_CPU, [nginx, "-c", str(conf), "-p", str(work)]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_http(port, "/health/readiness")
+    return Target("direct", port, proc, is_proxy=False)
 
 
 def wrk(
@@ -467,7 +527,17 @@ def main() -> int:
     parser.add_argument("--token-streams", type=int, default=256, help="concurrent streams for (f)")
     parser.add_argument("--token-events", type=int, default=100, help="events per stream in (f)")
     parser.add_argument("--token-pace", type=float, default=0.02, help="seconds between events")
-    parser.add_argument("--targets", default="direct,nginx,sidecar")
+    parser.add_argument(
+        "--targets",
+        default="direct,nginx,sidecar,workers",
+        help="workers: the sidecar with --workers 2, for (a) chat only",
+    )
+    parser.add_argument(
+        "--upstream",
+        choices=("python", "canned"),
+        default="python",
+        help="canned: nginx answers canned JSON as the upstream (non-streamed scenarios only)",
+    )
     parser.add_argument(
         "--separate-writes", action="store_true", help="upstream writes each SSE event on its own"
     )
@@ -484,14 +554,21 @@ def main() -> int:
         return 2
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     wanted = args.targets.split(",")
+    if args.upstream == "canned" and not set(args.only.split(",")) <= set(CANNED_SCENARIOS):
+        print(f"bench: --upstream canned serves {', '.join(CANNED_SCENARIOS)} only", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as tmp:
         work = Path(tmp)
-        up_port = free_port()
-        up_argv = [sys.executable, "-m", "tests.bench.upstream", "--port", str(up_port)]
-        if args.separate_writes:
-            up_argv.append("--separate-writes")
-        up_proc = subprocess.Popen(pinned(LOAD_CPU, up_argv), cwd=ROOT)
-        upstream = Target("direct", up_port, up_proc, is_proxy=False)
+        if args.upstream == "canned":
+            upstream = start_canned(work)
+            up_port = upstream.port
+        else:
+            up_port = free_port()
+            up_argv = [sys.executable, "-m", "tests.bench.upstream", "--port", str(up_port)]
+            if args.separate_writes:
+                up_argv.append("--separate-writes")
+            up_proc = subprocess.Popen(pinned(LOAD_CPU, up_argv), cwd=ROOT)
+            upstream = Target("direct", up_port, up_proc, is_proxy=False)
         targets: list[Target] = []
         try:
             time.sleep(0.5)
@@ -501,10 +578,14 @@ def main() -> int:
                 targets.append(nginx)
             if "sidecar" in wanted:
                 targets.append(start_sidecar(work, up_port))
+            if "workers" in wanted:
+                targets.append(start_sidecar(work, up_port, workers=2))
             results: dict[str, dict[str, Result]] = {}
             for scenario in args.only.split(","):
                 results[scenario] = {}
                 for target in targets:
+                    if target.name.startswith("sidecar --workers") and scenario != "chat":
+                        continue  # scaling is shown on (a); the rest compares one core each
                     if scenario == "tokens":
                         results[scenario][target.name] = token_streams(
                             target, upstream, args.token_streams, args.token_events, args.token_pace
