@@ -348,3 +348,42 @@ async def test_a_slow_reader_holds_the_upstream_back(
             break
         received += data.count(b"data: x")
     assert received == total and sent == total
+
+
+async def test_an_upgrade_request_is_answered_over_http_1_1_then_closed(
+    connect: Dial, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(MOCK)
+    reader, writer = await connect(sidecar.running.port)
+    writer.write(
+        b"GET /health/liveliness HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # what an h2c client sends once upgraded
+    )
+    status, headers, body = await read_reply(reader)
+    assert status == 200 and body == b'{"status":"ok"}' and headers["connection"] == "close"
+    assert await closed(reader)
+
+
+async def test_the_drain_closes_idle_connections_and_lets_a_request_in_hand_finish(
+    connect: Dial, upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    async def slow(request: web.Request, got: Received) -> web.Response:
+        await asyncio.sleep(0.5)
+        return web.json_response({"object": "chat.completion", "id": "slow"})
+
+    upstream.scripts["/v1/chat/completions"] = slow
+    sidecar = await make_sidecar(vllm(upstream))
+    idle_reader, idle_writer = await connect(sidecar.running.port)
+    idle_writer.write(b"GET /health/liveliness HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_reply(idle_reader))[0] == 200
+    reader, writer = await connect(sidecar.running.port)
+    writer.write(post())
+    await asyncio.sleep(0.1)  # the request is with the upstream
+    stopping = asyncio.create_task(sidecar.running.stop())
+    assert await closed(idle_reader)  # at once, not after the request in hand
+    assert not stopping.done()
+    status, headers, body = await read_reply(reader)
+    assert status == 200 and orjson.loads(body)["id"] == "slow"
+    assert headers["connection"] == "close"
+    await asyncio.wait_for(stopping, LIMIT)
