@@ -7,10 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from yarl import URL
-
 from sidecar.origin import Origin
 from sidecar.routes import Endpoint
+from sidecar.url import URL
 
 WILDCARD_IN_PATH = b"%2A"  # a '*' as it stands, percent-encoded, in a path built from a pattern
 # What a name filled into a URL path may hold: Azure's rule for deployment names, and nothing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -292,3 +293,32 @@ def test_duplicate_ids_and_control_characters(tmp_path: Path) -> None:
     bad_key = BASE + "      model: openai/x\n      api_key: os.environ/K\n"
     with pytest.raises(ConfigError, match="control characters"):
         load(tmp_path, bad_key, env={"K": "sk-a\rInjected: 1"})
+
+
+@pytest.mark.parametrize(
+    "api_base",
+    ["http://exa mple.com/v1", "http://vllm:99999/v1", "http://vllm/v1\tx", "http://[::1/v1"],
+)
+def test_an_api_base_that_would_break_the_request_line_is_refused(
+    tmp_path: Path, api_base: str
+) -> None:
+    """The URL is parsed by the standard library, which accepts more than an upstream request
+    may carry: spaces and control characters, a host that is no host name."""
+    text = BASE + f"      model: hosted_vllm/x\n      api_base: {json.dumps(api_base)}\n"
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, text, env={})
+    assert caught.value.where == "model_list[0].litellm_params.api_base"
+
+
+def test_an_api_base_is_sent_as_written(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        BASE + "      model: hosted_vllm/x\n      api_base: http://[::1]:8001/v1/\n",
+        env={},
+    )
+    (deployment,) = config.deployments
+    assert deployment.origin is not None
+    assert (deployment.origin.host, deployment.origin.port) == ("::1", 8001)
+    assert deployment.head(Endpoint.CHAT, None).startswith(  # type: ignore[union-attr]
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: [::1]:8001\r\n"
+    )

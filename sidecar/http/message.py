@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from email.utils import formatdate
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -85,8 +84,13 @@ class Connection(Protocol):
     def closing(self) -> bool: ...
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 class _Clock:
-    """The Date header (RFC 9110 6.6.1), formatted once a second."""
+    """The Date header (RFC 9110 6.6.1: IMF-fixdate, in English whatever the locale),
+    formatted once a second."""
 
     __slots__ = ("line", "second")
 
@@ -98,7 +102,16 @@ class _Clock:
         second = int(time.time())
         if second != self.second:
             self.second = second
-            self.line = b"Date: %s\r\n" % formatdate(second, usegmt=True).encode()
+            t = time.gmtime(second)
+            self.line = b"Date: %s, %02d %s %d %02d:%02d:%02d GMT\r\n" % (
+                _DAYS[t.tm_wday].encode(),
+                t.tm_mday,
+                _MONTHS[t.tm_mon - 1].encode(),
+                t.tm_year,
+                t.tm_hour,
+                t.tm_min,
+                t.tm_sec,
+            )
         return self.line
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from yarl import URL
-
 from sidecar.deployment import WILDCARD_IN_PATH, ConfigError, Deployment, Params
 from sidecar.headers import request_head
 from sidecar.origin import Origin
 from sidecar.params import BY_ENDPOINT
 from sidecar.providers import azure, openai
 from sidecar.routes import Endpoint
+from sidecar.url import URL
 
 BUILDERS: dict[str, openai.Builder] = {
     "openai": openai.build_openai,
@@ -84,7 +83,6 @@ def build(
     model_slots: dict[Endpoint, int] = {}
     if urls:
         first = next(iter(urls.values()))
-        assert first.host is not None and first.port is not None
         origin = Origin(first.host, first.port, first.scheme == "https")
         for endpoint, url in urls.items():
             head = request_head("POST", url.raw_path_qs, origin.authority, headers)

@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from urllib.parse import quote
 
-from yarl import URL
-
 from sidecar.deployment import ConfigError, Params
 from sidecar.providers.openai import ALL_ENDPOINTS, check_base
 from sidecar.routes import Endpoint
+from sidecar.url import URL
 
 
 def _build(
@@ -33,7 +32,7 @@ def _build(
     name = quote(params.model, safe="")  # a wildcard's '*' becomes deployment.WILDCARD_IN_PATH
     query = "api-version=" + quote(version, safe="")
     urls = {
-        e: URL(f"{base}/openai/deployments/{name}{e.value}?{query}", encoded=True)
+        e: URL.parse(f"{base}/openai/deployments/{name}{e.value}?{query}")
         for e in endpoints
     }
     headers = {"api-key": key}

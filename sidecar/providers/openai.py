@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from yarl import URL
-
 from sidecar.deployment import ConfigError, Params
 from sidecar.routes import Endpoint
+from sidecar.url import URL
 
 Builder = Callable[[Params, Mapping[str, str], str], tuple[dict[Endpoint, URL], dict[str, str]]]
 
@@ -24,13 +23,12 @@ ALL_ENDPOINTS = (Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS)
 def check_base(api_base: str, where: str) -> str:
     """api_base without its trailing slash, once it is a URL an upstream can be reached at."""
     try:
-        base = URL(api_base.rstrip("/"))
-        port = base.port  # yarl checks the port only when asked
-    except ValueError:
+        base = URL.parse(api_base.rstrip("/"))
+    except (ValueError, UnicodeError):
         raise ConfigError(f"{where}.api_base", "is not a valid URL") from None
-    if base.scheme not in ("http", "https") or not base.host or port is None:
+    if base.scheme not in ("http", "https") or not base.host:
         raise ConfigError(f"{where}.api_base", "must be an http:// or https:// URL with a host")
-    if base.query_string or base.fragment:
+    if base.query or base.fragment:
         raise ConfigError(f"{where}.api_base", "must not carry a query or a fragment")
     if base.user is not None or base.password is not None:
         raise ConfigError(
@@ -43,7 +41,7 @@ def check_base(api_base: str, where: str) -> str:
 def endpoint_urls(api_base: str, endpoints: Iterable[Endpoint], where: str) -> dict[Endpoint, URL]:
     """api_base + endpoint path, nothing else added (users end api_base with /v1)."""
     base = check_base(api_base, where)
-    return {e: URL(base + e.value, encoded=True) for e in endpoints}
+    return {e: URL.parse(base + e.value) for e in endpoints}
 
 
 def bearer_headers(params: Params, key: str | None) -> dict[str, str]:
