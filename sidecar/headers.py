@@ -82,20 +82,21 @@ def reply_headers(upstream: Iterable[tuple[str, str]], named: Mapping[str, str])
     """The upstream's end-to-end headers (content type, encoding, rate-limit hints ...) with
     ours (`named`, lower-case names) in place of any of the same name, and its content type in
     lower case."""
-    pairs = upstream if isinstance(upstream, list) else list(upstream)
-    connection_tokens: set[str] = set()
-    for name, value in pairs:
-        if name.lower() == "connection":
-            connection_tokens.update(t.strip().lower() for t in value.split(","))
     out: Fields = []
     content_type = ""
-    for name, value in pairs:
+    listed: set[str] | None = None  # the fields the upstream's Connection header names
+    for name, value in upstream:
         low = name.lower()
-        if low in _NOT_RELAYED or low in connection_tokens or low in named:
+        if low in _NOT_RELAYED or low in named:
+            if low == "connection":
+                named_here = {t.strip().lower() for t in value.split(",")} - _NOT_RELAYED
+                listed = (listed or set()) | named_here
             continue
         if low == "content-type":
             content_type = value.lower()
         out.append((name, value))
+    if listed:  # rare: "Connection: keep-alive" or "close" names no other field
+        out = [(name, value) for name, value in out if name.lower() not in listed]
     out.extend(named.items())
     return out, content_type
 

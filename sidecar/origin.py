@@ -4,7 +4,7 @@ core imports nothing of the edge."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class UpstreamError(Exception):
@@ -15,9 +15,9 @@ class UpstreamError(Exception):
         self.kind = kind  # "connect", "tls", "timeout", "closed" or "protocol"
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where connections go: scheme, host and port, and TLS settings for https."""
+class Origin(NamedTuple):
+    """Where connections go: scheme, host and port, and TLS settings for https. (A tuple:
+    the pool looks connections up by it, and a tuple hashes in C.)"""
 
     host: str
     port: int

@@ -9,6 +9,10 @@ from dataclasses import dataclass
 class Endpoint(enum.Enum):
     """What a path asks for. The value of a model endpoint is the path appended to api_base."""
 
+    # Members are singletons compared by identity: hashing them so too keeps dict and set
+    # lookups in C (Enum's own __hash__ is Python code, called several times a request).
+    __hash__ = object.__hash__
+
     CHAT = "/chat/completions"
     COMPLETIONS = "/completions"
     EMBEDDINGS = "/embeddings"

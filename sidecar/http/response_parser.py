@@ -28,12 +28,14 @@ class ResponseParser:
 
     __slots__ = (
         "_body",
+        "_chunked",
         "_end",
         "_head",
         "_head_bytes",
         "_headers",
         "_in_head",
         "_interim",
+        "_length",
         "_parser",
         "_reason",
         "_state",
@@ -63,6 +65,8 @@ class ResponseParser:
         self._body = on_body
         self._end = on_end
         self._headers: Headers = []
+        self._length: int | None = None
+        self._chunked = False
         self._reason = b""
         self._in_head = True  # until the head of the (final) reply is complete
         self._head_bytes = 0
@@ -110,12 +114,21 @@ class ResponseParser:
             raise ProtocolError("bytes after the end of the reply")
         self._headers = []
         self._reason = b""
+        self._length = None
+        self._chunked = False
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if len(name) in _FRAMING_LENGTHS:
+            low = name.lower()
+            if low == b"content-length":
+                self._length = int(value)  # llhttp checked it: digits, and only one
+            elif low == b"transfer-encoding":
+                # Chunked when that is the last coding; else the body runs until the close.
+                self._chunked = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -127,15 +140,8 @@ class ResponseParser:
         self.reason = reason if reason.isprintable() else ""
         self._in_head = False
         self.keep_alive = parser.should_keep_alive()
-        length: int | None = None
-        chunked = False
-        for name, value in self._headers:
-            low = name.lower()
-            if low == "content-length":
-                length = int(value)  # llhttp checked it: digits, and only one
-            elif low == "transfer-encoding":
-                # Chunked when that is the last coding; else the body runs until the close.
-                chunked = value.lower().rsplit(",", 1)[-1].strip() == "chunked"
+        length = self._length
+        chunked = self._chunked
         if status in (204, 304):
             length, chunked = 0, False
         if chunked:
@@ -158,6 +164,8 @@ class ResponseParser:
         if self._state != _DONE:
             self._finish()
 
+
+_FRAMING_LENGTHS = frozenset({len(b"content-length"), len(b"transfer-encoding")})
 
 # Parser states.
 _HEAD, _BODY, _UNTIL_CLOSE, _DONE = range(4)
