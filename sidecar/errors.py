@@ -207,7 +207,7 @@ def clean_error(
 ) -> tuple[list[tuple[str, str]], bytes]:
     """An upstream's error reply as it may reach the client: its body decoded when it came
     gzip- or deflate-compressed (the key check must see the text; it then goes uncompressed)
-    and the deployment's keys blanked out. GatewayError, in the OpenAI shape with the same
+    and the deployment's keys blanked out, in its body and its header fields. GatewayError, in the OpenAI shape with the same
     status, for a reply we cannot read (br, zstd, over MAX_ERROR_BODY) or that is not JSON."""
     encoding = next((v for k, v in headers if k.lower() == "content-encoding"), "")
     plain = _decoded(body, encoding.strip().lower()) if len(body) <= MAX_ERROR_BODY else None
@@ -221,6 +221,7 @@ def clean_error(
             headers={DEPLOYMENT_HEADER: deployment},
         )
     plain = redact(plain, secrets)
+    headers = [(k, redact_text(v, secrets)) for k, v in headers]  # an echoed key, in a field
     if encoding:
         headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
     content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
@@ -254,6 +255,13 @@ def redact(body: bytes, secrets: Iterable[str]) -> bytes:
     for secret in secrets:
         body = body.replace(secret.encode("latin-1"), b"[redacted]")
     return body
+
+
+def redact_text(value: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret in value:
+            value = value.replace(secret, "[redacted]")
+    return value
 
 
 def too_many_connections() -> GatewayError:

@@ -78,7 +78,9 @@ def is_json(content_type: str) -> bool:
 Fields = list[tuple[str, str]]
 
 
-def reply_headers(upstream: Iterable[tuple[str, str]], named: Mapping[str, str]) -> tuple[Fields, str]:
+def reply_headers(
+    upstream: Iterable[tuple[str, str]], named: Mapping[str, str]
+) -> tuple[Fields, str]:
     """The upstream's end-to-end headers (content type, encoding, rate-limit hints ...) with
     ours (`named`, lower-case names) in place of any of the same name, and its content type in
     lower case."""

@@ -59,9 +59,14 @@ async def relay(
                     headers.append((name, value))
         reply.start(exchange.status, headers, exchange.reason)
         if translation is not None and is_sse:
-            await _translate(reply, exchange, _Translated(translation.stream()))
+            await _translate(reply, exchange, _Translated(translation.stream()), deployment_id)
         else:
             await _pipe(reply, exchange, is_sse)
+        error = exchange.error
+        if error is not None and not reply.started:
+            # Broken before a byte reached the client (the head waits for the first bytes):
+            # a clean 502 or 504 can still be the answer.
+            raise errors.upstream_failure(error, deployment_id)
     finally:
         if not exchange.handed_off:
             exchange.close()  # a no-op for a reply read to its end
@@ -77,7 +82,8 @@ async def _pipe(reply: Responder, exchange: Exchange, is_sse: bool) -> None:
             if settled is not None:
                 await settled
             if exchange.error is not None:
-                reply.abort()  # a cut stream must read as cut: no final chunk
+                if reply.started:
+                    reply.abort()  # a cut stream must read as cut: no final chunk
                 return
             if exchange.ended:
                 return
@@ -97,15 +103,24 @@ async def _pipe(reply: Responder, exchange: Exchange, is_sse: bool) -> None:
             return
 
 
-async def _translate(reply: Responder, exchange: Exchange, events: _Translated) -> None:
+async def _translate(
+    reply: Responder, exchange: Exchange, events: _Translated, deployment_id: str
+) -> None:
     """A stream turned into another format event by event (chat over a text completion)."""
     done = False  # the client has the stream's last event
     while True:
         try:
             chunk = events.feed(await exchange.next_chunk())
-        except (UpstreamError, SSEError):
-            reply.abort()
-            return
+        except UpstreamError:
+            if reply.started:
+                reply.abort()
+            return  # relay() answers 502 or 504 when nothing was sent
+        except SSEError:
+            if reply.started:
+                reply.abort()
+                return
+            failure = UpstreamError("protocol", "its event stream could not be parsed")
+            raise errors.upstream_failure(failure, deployment_id) from None
         except asyncio.CancelledError:
             if not done:
                 raise

@@ -192,7 +192,9 @@ class Gateway:
         self.limits.admit(key, estimate)
         outcome.tokens = estimate
         try:
-            await self.attempts.run(reply, request.headers, endpoint, raw, body, found, state, outcome)
+            await self.attempts.run(
+                reply, request.headers, endpoint, raw, body, found, state, outcome
+            )
         finally:
             self.limits.used(key, outcome.tokens - estimate)
 

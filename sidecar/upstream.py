@@ -141,9 +141,12 @@ class Exchange:
         try:
             self._parser.feed(data)
         except ProtocolError as exc:
+            # Bytes after a complete reply spoil the connection, not the reply: what was
+            # parsed up to its end is still handed on.
             self._fail(UpstreamError("protocol", str(exc)))
             self.conn.close()
-            return
+            if not self.ended:
+                return
         if self._sink is not None and (self._chunks or self.ended):
             self._flush()
 
@@ -151,9 +154,12 @@ class Exchange:
         if self.ended:
             return
         try:
-            self._parser.feed_eof()
+            self._parser.feed_eof()  # the end of a body that runs until the close
         except ProtocolError:
             self._fail(UpstreamError("closed", "the upstream closed the connection"))
+            return
+        if self._sink is not None and self.ended:
+            self._flush()
 
     def _on_head(self, status: int, headers: Headers) -> None:
         self.status = status

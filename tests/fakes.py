@@ -263,3 +263,60 @@ class HangUp:
             sock = writer.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.close()
+
+
+@dataclass
+class RawUpstream:
+    """An upstream that answers every request with `reply`, bytes exactly as given (written in
+    one write, or in `pieces` with `pause` seconds between), then closes when `close`, else
+    keeps the connection for more. For replies no well-behaved server library would send."""
+
+    reply: bytes = b""
+    pieces: list[bytes] | None = None
+    pause: float = 0.0
+    close: bool = True
+    requests: int = 0
+    port: int = 0
+    _server: asyncio.Server | None = None
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> RawUpstream:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._writers):  # handlers still waiting or pausing
+                writer.close()
+            await self._server.wait_closed()
+            await asyncio.sleep(0)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+                self.requests += 1
+                for piece in self.pieces or [self.reply]:
+                    writer.write(piece)
+                    await writer.drain()
+                    if self.pause:
+                        await asyncio.sleep(self.pause)
+                if self.close:
+                    break
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()

@@ -53,19 +53,17 @@ class Request:
     gzip- or deflate-compressed). Header names are lower case; repeated fields are joined
     with ", " (RFC 9110 5.3)."""
 
-    __slots__ = ("body", "headers", "keep_alive", "method", "target", "version")
+    __slots__ = ("body", "headers", "keep_alive", "method", "path", "target", "version")
 
     def __init__(self) -> None:
         self.method = ""
         self.target = ""  # the request target as sent: path and query, undecoded
+        self.path = ""  # the target's path, undecoded: what routes match
         self.version = "1.1"
         self.headers: dict[str, str] = {}
         self.body = b""
-        self.keep_alive = True  # what the client asked: HTTP/1.1 unless "close", 1.0 if "keep-alive"
-
-    @property
-    def path(self) -> str:
-        return self.target.partition("?")[0]
+        # What the client asked: HTTP/1.1 unless "close", HTTP/1.0 only with "keep-alive".
+        self.keep_alive = True
 
 
 class Connection(Protocol):

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import httptools
 
 MAX_HEAD = 64 * 1024  # bytes of status line and header fields an upstream may send
+MAX_FIELDS = 256  # header fields an upstream may send
 MAX_REASON = 64  # characters of a reason phrase kept, for error messages
 
 Headers = list[tuple[str, str]]
@@ -88,8 +89,10 @@ class ResponseParser:
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             raise cause if isinstance(cause, ProtocolError) else ProtocolError(str(exc)) from None
-        except httptools.HttpParserError as exc:  # upgrades included: we never ask for one
+        except httptools.HttpParserError as exc:
             raise ProtocolError(str(exc) or type(exc).__name__) from None
+        except httptools.HttpParserUpgrade:  # 101 Switching Protocols: we never ask for one
+            raise ProtocolError("the upstream switched protocols") from None
         if self._in_head:
             # llhttp keeps a partial field until it is complete: bound what it may hold.
             self._head_bytes += len(data)
@@ -121,6 +124,10 @@ class ResponseParser:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer field (after a chunked body): never relayed as a header
+        if len(self._headers) >= MAX_FIELDS:
+            raise ProtocolError(f"more than {MAX_FIELDS} header fields")
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
         if len(name) in _FRAMING_LENGTHS:
             low = name.lower()

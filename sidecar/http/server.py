@@ -49,6 +49,10 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _IDLE, _HEAD, _BODY = range(3)
 
 
+class _Stop(Exception):
+    """Draining: a request began after the drain did; it is not read."""
+
+
 class _Refusal(Exception):
     """A request refused while it is read; the answer goes out in turn, then the connection
     closes (what follows cannot be trusted to be where llhttp stopped)."""
@@ -114,9 +118,7 @@ class Listener:
         now = self.loop.time()
         for conn in [c for c in self.waiting if c.deadline <= now]:
             conn.expire()
-        self._sweeper = (
-            self.loop.call_later(SWEEP_INTERVAL, self._sweep) if self.waiting else None
-        )
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep) if self.waiting else None
 
     def forget(self, conn: HttpProtocol) -> None:
         self.connections.discard(conn)
@@ -165,6 +167,7 @@ class HttpProtocol(asyncio.Protocol):
         self.deadline = 0.0
         self.broken = False  # what follows on the connection is not parsed any more
         self._closing = False  # no request after those already read
+        self._no_more = False  # draining: a request that begins now is not read
         self.closed = False
         self.write_paused = False
         self._drained: asyncio.Future[None] | None = None
@@ -177,6 +180,8 @@ class HttpProtocol(asyncio.Protocol):
         self._body_size = 0
         self._max_body = 0
         self._body_timeout = 0.0
+        self._held: Request | None = None  # a request to Upgrade whose body llhttp skipped
+        self._raw_left = 0  # bytes of that body still to come
 
     # Connection life.
 
@@ -203,6 +208,11 @@ class HttpProtocol(asyncio.Protocol):
         if self.task is not None:
             self.task.cancel()  # the client left: the upstream call is closed at once
         self._wake_writer()
+        # Nothing read is of use now: let go of it without waiting for the cycle collector
+        # (the parser and this protocol refer to each other).
+        self.pending.clear()
+        self.request = self._held = None
+        self._body = []
 
     def eof_received(self) -> bool:
         # A client that closes its side has gone (as with aiohttp and nginx's default): the
@@ -227,7 +237,8 @@ class HttpProtocol(asyncio.Protocol):
 
     @property
     def closing(self) -> bool:
-        return self._closing
+        """The reply being written is the connection's last: no request waits behind it."""
+        return self._closing and not self.pending
 
     def send(self, data: bytes, more: bytes | None = None) -> None:
         transport = self.transport
@@ -254,9 +265,11 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def shutdown(self) -> None:
-        """The drain: no request after those already read; an idle connection closes now."""
+        """The drain: the requests already read are answered, one being read is finished,
+        none that begins after is read; an idle connection closes now."""
         self._closing = True
-        if self.task is None and not self.pending:
+        self._no_more = True
+        if self.task is None and not self.pending and self.stage == _IDLE:
             self.close()
 
     # Reading.
@@ -264,18 +277,22 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.broken:
             return
+        if self._raw_left:
+            data = self._read_held_body(data)
+            if not data:
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
+            if isinstance(cause, _Stop):
+                self.broken = True  # draining: what follows is not read
+                return
             if not isinstance(cause, _Refusal):
                 raise
             self._refuse(cause)
-        except httptools.HttpParserUpgrade:
-            # The request that asked (h2c, websocket) was read whole and is answered over
-            # HTTP/1.1; what follows it is not HTTP/1.1, so nothing more is read.
-            self.broken = True
-            self._closing = True
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_refused(data[int(exc.args[0]) if exc.args else len(data) :])
         except httptools.HttpParserError as exc:
             failure = errors.bad_request("Malformed HTTP request.", code="malformed_request")
             self._refuse(_Refusal(failure, type(exc).__name__))
@@ -286,6 +303,8 @@ class HttpProtocol(asyncio.Protocol):
                     self._refuse(_head_too_large())
 
     def on_message_begin(self) -> None:
+        if self._no_more:
+            raise _Stop()
         self.request = Request()
         self.stage = _HEAD
         self._url = b""
@@ -310,6 +329,8 @@ class HttpProtocol(asyncio.Protocol):
         key = name.decode("latin-1").lower()
         # surrogateescape: bytes that are not UTF-8 are kept, as a key must hash, not fail.
         text = value.decode("utf-8", "surrogateescape")
+        if self.stage == _BODY:
+            return  # a trailer field after a chunked body: never taken for a header
         assert self.request is not None
         headers = self.request.headers
         if key in headers:
@@ -324,7 +345,12 @@ class HttpProtocol(asyncio.Protocol):
         request.method = parser.get_method().decode("latin-1")
         request.version = parser.get_http_version()
         request.keep_alive = parser.should_keep_alive()
-        request.target = self._url.decode("latin-1")
+        request.target = target = self._url.decode("latin-1")
+        if target[:1] != "/" and "://" in target[:8]:
+            # The absolute form, which RFC 9112 3.2.2 has servers accept: its path is routed.
+            parts = target.split("/", 3)
+            target = "/" + parts[3] if len(parts) == 4 else "/"
+        request.path = target.partition("?")[0]
         self._max_body, self._body_timeout = self.listener.limits()
         declared = request.headers.get("content-length")
         if declared is not None and self._max_body and int(declared) > self._max_body:
@@ -336,6 +362,9 @@ class HttpProtocol(asyncio.Protocol):
             self.deadline = self.loop.time() + self._body_timeout
         else:
             self.waiting_off()
+        if parser.should_upgrade() and declared is not None and int(declared):
+            self._held = request  # llhttp skips the body of a request to Upgrade: read it here
+            self._raw_left = int(declared)
         if request.headers.get("expect", "").lower() == "100-continue" and request.version != "1.0":
             # RFC 9110 10.1.1: the client waits for it before sending a large body.
             if self.task is None and not self.pending:
@@ -353,6 +382,11 @@ class HttpProtocol(asyncio.Protocol):
         request = self.request
         assert request is not None
         self.request = None
+        if request is self._held:
+            return  # its body comes after llhttp stops (_upgrade_refused)
+        self._complete(request)
+
+    def _complete(self, request: Request) -> None:
         self.stage = _IDLE
         body = self._body
         if body:
@@ -368,6 +402,32 @@ class HttpProtocol(asyncio.Protocol):
         if len(self.pending) >= MAX_PIPELINED and self.transport is not None:
             self._read_paused = True
             self.transport.pause_reading()
+
+    def _upgrade_refused(self, rest: bytes) -> None:
+        """llhttp stops at a request that asks to Upgrade (h2c from `curl --http2`, a
+        websocket). We never switch protocols (no 101): the request is answered over HTTP/1.1
+        and the connection goes on in HTTP/1.1, with a fresh parser after the request's
+        body, which llhttp leaves to us."""
+        self.parser = httptools.HttpRequestParser(self)
+        if self._held is not None and self._raw_left:
+            rest = self._read_held_body(rest)
+        if rest and not self.broken:
+            self.data_received(rest)
+
+    def _read_held_body(self, data: bytes) -> bytes:
+        """Take the held request's body from `data`; what follows it is returned."""
+        take = min(self._raw_left, len(data))
+        self._body.append(data[:take])  # within the limit: its declared length was checked
+        self._raw_left -= take
+        if not self._raw_left:
+            request, self._held = self._held, None
+            assert request is not None
+            try:
+                self._complete(request)
+            except _Refusal as refusal:
+                self._refuse(refusal)
+                return b""
+        return data[take:]
 
     def _decoded(self, body: bytes, encoding: str) -> bytes:
         """A compressed body, inflated (as aiohttp's server did); its limit applies to what it
@@ -389,6 +449,8 @@ class HttpProtocol(asyncio.Protocol):
         try:
             inflater = zlib.decompressobj(wbits)
             plain = inflater.decompress(body, limit + 1)
+            if not inflater.eof and len(plain) <= limit:
+                raise zlib.error("truncated")
         except zlib.error:
             raise _Refusal(
                 errors.bad_request(

@@ -31,10 +31,7 @@ def _build(
         raise ConfigError(f"{where}.api_key", "azure needs api_key (or AZURE_API_KEY)")
     name = quote(params.model, safe="")  # a wildcard's '*' becomes deployment.WILDCARD_IN_PATH
     query = "api-version=" + quote(version, safe="")
-    urls = {
-        e: URL.parse(f"{base}/openai/deployments/{name}{e.value}?{query}")
-        for e in endpoints
-    }
+    urls = {e: URL.parse(f"{base}/openai/deployments/{name}{e.value}?{query}") for e in endpoints}
     headers = {"api-key": key}
     headers.update(params.extra_headers)
     return urls, headers

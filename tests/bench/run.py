@@ -555,7 +555,9 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     wanted = args.targets.split(",")
     if args.upstream == "canned" and not set(args.only.split(",")) <= set(CANNED_SCENARIOS):
-        print(f"bench: --upstream canned serves {', '.join(CANNED_SCENARIOS)} only", file=sys.stderr)
+        print(
+            f"bench: --upstream canned serves {', '.join(CANNED_SCENARIOS)} only", file=sys.stderr
+        )
         return 2
     with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as tmp:
         work = Path(tmp)
