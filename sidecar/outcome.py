@@ -41,6 +41,10 @@ class Outcome:
         return cls(request_id, request_id != given, started=started)
 
 
+# The endpoint label of the metrics, made once: an Enum's .name is Python code on every read.
+LABELS: dict[Endpoint | None, str] = {e: e.name.lower() for e in Endpoint} | {None: "unknown"}
+
+
 def record(
     metrics: Metrics,
     access_log: AccessLog,
@@ -52,7 +56,7 @@ def record(
 ) -> None:
     """Metrics and the access log line for one request (None: a path we do not serve)."""
     duration = time.perf_counter() - outcome.started
-    name = endpoint.name.lower() if endpoint is not None else "unknown"
+    name = LABELS[endpoint]
     metrics.done(name, outcome.model, outcome.deployment, status)
     if endpoint in MODEL_ENDPOINTS:
         metrics.duration.observe((name, outcome.model), duration)
