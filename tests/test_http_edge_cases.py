@@ -241,3 +241,16 @@ async def test_a_client_that_leaves_lets_go_of_the_bodies_it_had_queued(
     while protocol.transport is not None and not protocol.closed:
         await asyncio.sleep(0.01)
     assert not protocol.pending and protocol.request is None
+
+
+async def test_a_model_named_beyond_latin_1_is_answered(
+    upstream: FakeUpstream, connect: Dial, make_sidecar: MakeSidecar
+) -> None:
+    """The deployment's name goes into a reply header: one written in Chinese is sent as
+    UTF-8 (as aiohttp did) instead of failing the reply."""
+    sidecar = await make_sidecar(vllm(upstream, name="模型", model="模型-7b"))
+    reader, writer = await connect(sidecar.running.port)
+    writer.write(post(orjson.dumps({**CHAT, "model": "模型"})))
+    status, headers, _ = await read_reply(reader)
+    assert status == 200
+    assert "模型" in headers["x-sidecar-deployment"].encode("latin-1").decode()

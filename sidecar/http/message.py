@@ -152,22 +152,24 @@ class Responder:
         self.status = status
         if self._conn.closing:
             self.keep_alive = False
-        lines = [
-            b"HTTP/1.1 %d %s\r\n" % (status, (reason or REASONS.get(status, "")).encode("latin-1"))
-        ]
+        lines = [f"HTTP/1.1 {status} {reason or REASONS.get(status, '')}\r\n"]
         for name, value in fields:
-            lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
+            lines.append(f"{name}: {value}\r\n")
         for name, value in self.always:
-            lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
-        lines.append(CLOCK.date())
-        lines.append(SERVER)
-        lines.append(framing)
+            lines.append(f"{name}: {value}\r\n")
+        text = "".join(lines)
+        try:
+            # Upstream fields were read as latin-1, so they go back byte for byte.
+            head = text.encode("latin-1")
+        except UnicodeEncodeError:
+            # One of ours holds more (a deployment named in Chinese): UTF-8, as aiohttp sent.
+            head = text.encode("utf-8", "surrogateescape")
+        tail = CLOCK.date() + SERVER + framing
         if not self.keep_alive:
-            lines.append(_CLOSE)
+            tail += _CLOSE
         elif self._http10:
-            lines.append(_KEEP_ALIVE)
-        lines.append(b"\r\n")
-        return b"".join(lines)
+            tail += _KEEP_ALIVE
+        return head + tail + b"\r\n"
 
     def send(self, status: int, fields: Fields, body: bytes, reason: str = "") -> None:
         """The whole reply, head and body in one write."""
