@@ -153,6 +153,7 @@ def upstream_failure(exc: UpstreamError, deployment: str) -> GatewayError:
         "connect": "connection refused or unreachable",
         "tls": "the TLS handshake failed (is its certificate trusted?)",
         "closed": "it closed the connection before replying",
+        "cut": "its reply broke off after the head, before any of its body",
         "protocol": "its reply was not valid HTTP/1.1",
     }.get(exc.kind, exc.kind)
     return GatewayError(

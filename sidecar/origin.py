@@ -12,7 +12,7 @@ class UpstreamError(Exception):
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(detail)
-        self.kind = kind  # "connect", "tls", "timeout", "closed" or "protocol"
+        self.kind = kind  # "connect", "tls", "timeout", "closed", "cut" or "protocol"
 
 
 class Origin(NamedTuple):

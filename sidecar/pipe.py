@@ -66,6 +66,8 @@ async def relay(
         if error is not None and not reply.started:
             # Broken before a byte reached the client (the head waits for the first bytes):
             # a clean 502 or 504 can still be the answer.
+            if error.kind == "closed":
+                error = UpstreamError("cut", "the reply broke off after its head")
             raise errors.upstream_failure(error, deployment_id)
     finally:
         if not exchange.handed_off:

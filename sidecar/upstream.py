@@ -247,6 +247,7 @@ class Exchange:
     def unpipe(self) -> None:
         """Back to buffering (next_chunk): the client is gone, the rest is read for nobody."""
         self._sink = None
+        self.unblock()
 
     def _fail(self, error: UpstreamError) -> None:
         if self._error is None and not self.ended:

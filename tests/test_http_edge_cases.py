@@ -254,3 +254,115 @@ async def test_a_model_named_beyond_latin_1_is_answered(
     status, headers, _ = await read_reply(reader)
     assert status == 200
     assert "模型" in headers["x-sidecar-deployment"].encode("latin-1").decode()
+
+
+async def test_a_refusal_after_an_upgrade_request_in_the_same_write_is_answered(
+    connect: Dial, make_sidecar: MakeSidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    sidecar = await make_sidecar(MOCK)
+    reader, writer = await connect(sidecar.running.port)
+    upgrade = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    writer.write(upgrade * 40 + b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n")
+    replies = [await read_reply(reader) for _ in range(41)]
+    assert [r[0] for r in replies] == [200] * 40 + [431]
+    assert await closed(reader)
+    assert not [r for r in caplog.records if "Fatal error" in r.getMessage()]
+
+
+async def test_a_chunked_request_that_asks_to_upgrade_is_refused(
+    upstream: FakeUpstream, connect: Dial, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(vllm(upstream))
+    reader, writer = await connect(sidecar.running.port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + chunk(BODY) + b"0\r\n\r\n"
+    )
+    status, _, body = await read_reply(reader)
+    assert status == 400 and b"malformed_request" in body
+    assert await closed(reader)
+    assert not upstream.received
+
+
+async def test_pipelining_past_the_queue_is_refused_not_held_without_bound(
+    connect: Dial, make_sidecar: MakeSidecar
+) -> None:
+    from sidecar.http.server import MAX_QUEUED
+
+    sidecar = await make_sidecar(MOCK)
+    reader, writer = await connect(sidecar.running.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * (MAX_QUEUED * 3))
+    statuses = []
+    while True:
+        status, headers, body = await read_reply(reader)
+        statuses.append(status)
+        if headers.get("connection") == "close":
+            break
+    assert statuses[-1] == 503 and b"too_many_pipelined" in body
+    assert set(statuses[:-1]) == {200} and len(statuses) <= MAX_QUEUED + 2
+    assert await closed(reader)
+
+
+async def test_a_request_half_read_when_the_drain_begins_is_finished(
+    upstream: FakeUpstream, connect: Dial, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(vllm(upstream))
+    reader, writer = await connect(sidecar.running.port)
+    request = post()
+    writer.write(request[:-10])
+    await asyncio.sleep(0.1)
+    stopping = asyncio.create_task(sidecar.running.stop())
+    await asyncio.sleep(0.1)
+    writer.write(request[-10:])
+    status, headers, _ = await read_reply(reader)
+    assert status == 200 and headers["connection"] == "close"
+    await asyncio.wait_for(stopping, 5)
+
+
+async def test_an_idle_pooled_connection_keeps_nothing_of_its_last_reply(
+    upstream: FakeUpstream, connect: Dial, make_sidecar: MakeSidecar
+) -> None:
+    from sidecar.http import response_parser
+
+    sidecar = await make_sidecar(vllm(upstream))
+    reader, writer = await connect(sidecar.running.port)
+    writer.write(post())
+    assert (await read_reply(reader))[0] == 200
+    (idle,) = [c for conns in sidecar.running.gateway.pool.idle.values() for c in conns]
+    assert idle.parser is not None
+    assert idle.parser._end is response_parser._no_end  # not bound to the last exchange
+
+
+async def test_a_client_that_reads_nothing_is_given_up_on(
+    monkeypatch: pytest.MonkeyPatch,
+    upstream: FakeUpstream,
+    connect: Dial,
+    make_sidecar: MakeSidecar,
+) -> None:
+    """Without a write timeout, a client that stops reading would hold its request, an
+    upstream connection and an in-flight slot for as long as it liked."""
+    from aiohttp import web
+
+    from sidecar.http import server as http_server
+
+    monkeypatch.setattr(http_server, "WRITE_TIMEOUT", 0.5)
+    cut = asyncio.Event()
+
+    async def firehose(request: web.Request, got: object) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for _ in range(10_000):
+                await response.write(b"data: " + b"x" * 16_000 + b"\n\n")
+        except (ConnectionError, asyncio.CancelledError):
+            cut.set()
+            raise
+        return response
+
+    upstream.scripts["/v1/chat/completions"] = firehose  # type: ignore[assignment]
+    sidecar = await make_sidecar(vllm(upstream))
+    reader, writer = await connect(sidecar.running.port)
+    writer.write(post(STREAM))
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    await asyncio.wait_for(cut.wait(), 5)  # the sidecar dropped the client, then the upstream
+    assert sidecar.running.gateway.metrics.in_flight == 0

@@ -108,7 +108,10 @@ class ResponseParser:
 
     def _finish(self) -> None:
         self._state = _DONE
-        self._end()
+        end = self._end
+        # An idle pooled connection keeps its parser: it must not keep the last reply too.
+        self._head, self._body, self._end = _no_head, _no_body, _no_end
+        end()
 
     # llhttp's callbacks.
 
@@ -170,6 +173,18 @@ class ResponseParser:
             return
         if self._state != _DONE:
             self._finish()
+
+
+def _no_head(status: int, headers: Headers) -> None:
+    pass
+
+
+def _no_body(data: bytes) -> None:
+    pass
+
+
+def _no_end() -> None:
+    pass
 
 
 _FRAMING_LENGTHS = frozenset({len(b"content-length"), len(b"transfer-encoding")})

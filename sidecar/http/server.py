@@ -22,7 +22,7 @@ import logging
 import socket
 import zlib
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, NoReturn
 
 import httptools
 
@@ -39,7 +39,9 @@ MAX_HEADERS = 128  # header fields
 MAX_HEAD_BYTES = 64 * 1024  # a whole request head; llhttp holds a partial field until it ends
 KEEPALIVE_TIMEOUT = 75.0  # seconds an idle connection stays open; above common LB idle limits
 HEAD_TIMEOUT = 30.0  # seconds a request head may take to arrive, once begun
-MAX_PIPELINED = 8  # complete requests queued behind the one in hand; reading pauses beyond
+MAX_PIPELINED = 8  # complete requests queued behind the one in hand: reading pauses at this
+MAX_QUEUED = 64  # ... and one read may bring more: past this many, the rest is refused (503)
+WRITE_TIMEOUT = 60.0  # seconds a client may leave a reply unread (nginx's send_timeout)
 MAX_DECODED = 64 * 1024 * 1024  # bytes a compressed body may inflate to when no limit is set
 OVER_LIMIT_GRACE = 2.0  # seconds a connection past max_connections has to send its request
 SWEEP_INTERVAL = 0.1  # seconds between checks of deadlines: timeouts fire this late at most
@@ -164,7 +166,8 @@ class HttpProtocol(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None  # the handler of the request in hand
         self.reply: Responder | None = None
         self.stage = _IDLE
-        self.deadline = 0.0
+        self.deadline = 0.0  # the sooner of the two below, for the listener's sweep
+        self._phase_deadline = 0.0  # idle, head or body: when this stage has lasted too long
         self.broken = False  # what follows on the connection is not parsed any more
         self._closing = False  # no request after those already read
         self._no_more = False  # draining: a request that begins now is not read
@@ -182,6 +185,9 @@ class HttpProtocol(asyncio.Protocol):
         self._body_timeout = 0.0
         self._held: Request | None = None  # a request to Upgrade whose body llhttp skipped
         self._raw_left = 0  # bytes of that body still to come
+        self._raised: _Refusal | _Stop | None = None  # what a callback raised (_stop_parsing)
+        self._next_when_drained = False  # a queued request waits for the client to read
+        self._write_deadline = 0.0  # when a client that reads nothing is given up on
 
     # Connection life.
 
@@ -199,8 +205,7 @@ class HttpProtocol(asyncio.Protocol):
             self.handler = listener.over_limit
             self._closing = True
             self.loop.call_later(OVER_LIMIT_GRACE, self.close)
-        self.deadline = self.loop.time() + KEEPALIVE_TIMEOUT
-        self.listener.watch(self)
+        self._arm(self.loop.time() + KEEPALIVE_TIMEOUT)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -221,10 +226,15 @@ class HttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self._write_deadline = self.loop.time() + WRITE_TIMEOUT
+        self._arm(self._phase_deadline if self in self.listener.waiting else None)
 
     def resume_writing(self) -> None:
         self.write_paused = False
         self._wake_writer()
+        if self._next_when_drained:
+            self._next_when_drained = False
+            self._next()
 
     def _wake_writer(self) -> None:
         waiter = self._drained
@@ -275,48 +285,53 @@ class HttpProtocol(asyncio.Protocol):
     # Reading.
 
     def data_received(self, data: bytes) -> None:
-        if self.broken:
-            return
-        if self._raw_left:
-            data = self._read_held_body(data)
-            if not data:
+        while data and not self.broken:
+            if self._raw_left:
+                data = self._read_held_body(data)
+                continue
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserCallbackError:
+                raised, self._raised = self._raised, None
+                if isinstance(raised, _Refusal):
+                    self._refuse(raised)
+                elif isinstance(raised, _Stop):
+                    self.broken = True  # draining: what follows is not read
+                else:
+                    raise
                 return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, _Stop):
-                self.broken = True  # draining: what follows is not read
+            except httptools.HttpParserUpgrade as exc:
+                # llhttp stops at a request that asks to Upgrade (h2c from `curl --http2`, a
+                # websocket). We never switch protocols (no 101): the request is answered over
+                # HTTP/1.1 and the connection goes on in HTTP/1.1, with a fresh parser after
+                # the request's body, which llhttp leaves to us (_held).
+                self.parser = httptools.HttpRequestParser(self)
+                data = data[int(exc.args[0]) if exc.args else len(data) :]
+                continue
+            except httptools.HttpParserError as exc:
+                failure = errors.bad_request("Malformed HTTP request.", code="malformed_request")
+                self._refuse(_Refusal(failure, type(exc).__name__))
                 return
-            if not isinstance(cause, _Refusal):
-                raise
-            self._refuse(cause)
-        except httptools.HttpParserUpgrade as exc:
-            self._upgrade_refused(data[int(exc.args[0]) if exc.args else len(data) :])
-        except httptools.HttpParserError as exc:
-            failure = errors.bad_request("Malformed HTTP request.", code="malformed_request")
-            self._refuse(_Refusal(failure, type(exc).__name__))
-        else:
             if self.stage == _HEAD:
                 self._head_bytes += len(data)
                 if self._head_bytes > MAX_HEAD_BYTES:
                     self._refuse(_head_too_large())
+            return
 
     def on_message_begin(self) -> None:
         if self._no_more:
-            raise _Stop()
+            self._stop_parsing(_Stop())
         self.request = Request()
         self.stage = _HEAD
         self._url = b""
         self._fields = 0
         self._head_bytes = 0
-        self.deadline = self.loop.time() + HEAD_TIMEOUT
-        self.listener.watch(self)
+        self._arm(self.loop.time() + HEAD_TIMEOUT)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > MAX_FIELD_BYTES:
-            raise _head_too_large()
+            self._stop_parsing(_head_too_large())
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._fields += 1
@@ -325,7 +340,7 @@ class HttpProtocol(asyncio.Protocol):
             or len(name) > MAX_FIELD_BYTES
             or len(value) > MAX_FIELD_BYTES
         ):
-            raise _head_too_large()
+            self._stop_parsing(_head_too_large())
         key = name.decode("latin-1").lower()
         # surrogateescape: bytes that are not UTF-8 are kept, as a key must hash, not fail.
         text = value.decode("utf-8", "surrogateescape")
@@ -354,14 +369,18 @@ class HttpProtocol(asyncio.Protocol):
         self._max_body, self._body_timeout = self.listener.limits()
         declared = request.headers.get("content-length")
         if declared is not None and self._max_body and int(declared) > self._max_body:
-            raise _Refusal(errors.too_large(self._max_body), "body too large")  # unread
+            self._stop_parsing(_Refusal(errors.too_large(self._max_body), "body too large"))
         self.stage = _BODY
         self._body = []
         self._body_size = 0
-        if self._body_timeout:
-            self.deadline = self.loop.time() + self._body_timeout
-        else:
-            self.waiting_off()
+        self._arm(self.loop.time() + self._body_timeout if self._body_timeout else None)
+        if parser.should_upgrade() and "transfer-encoding" in request.headers:
+            # llhttp skips the body of a request to Upgrade; a chunked one is not read here.
+            refused = errors.bad_request(
+                "A request that asks to Upgrade cannot have a chunked body here.",
+                code="malformed_request",
+            )
+            self._stop_parsing(_Refusal(refused, "chunked upgrade"))
         if parser.should_upgrade() and declared is not None and int(declared):
             self._held = request  # llhttp skips the body of a request to Upgrade: read it here
             self._raw_left = int(declared)
@@ -375,7 +394,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_body(self, data: bytes) -> None:
         self._body_size += len(data)
         if self._max_body and self._body_size > self._max_body:
-            raise _Refusal(errors.too_large(self._max_body), "body too large")
+            self._stop_parsing(_Refusal(errors.too_large(self._max_body), "body too large"))
         self._body.append(data)
 
     def on_message_complete(self) -> None:
@@ -398,21 +417,20 @@ class HttpProtocol(asyncio.Protocol):
         if self.task is None and not self.pending:
             self._start(request)
             return
+        if len(self.pending) >= MAX_QUEUED:
+            overloaded = errors.GatewayError(
+                503,
+                f"More than {MAX_QUEUED} requests were pipelined on one connection; send "
+                "fewer at once.",
+                errors.UNAVAILABLE,
+                "too_many_pipelined",
+                headers={"Retry-After": "1"},
+            )
+            self._stop_parsing(_Refusal(overloaded, "too many pipelined"))
         self.pending.append(request)
         if len(self.pending) >= MAX_PIPELINED and self.transport is not None:
             self._read_paused = True
             self.transport.pause_reading()
-
-    def _upgrade_refused(self, rest: bytes) -> None:
-        """llhttp stops at a request that asks to Upgrade (h2c from `curl --http2`, a
-        websocket). We never switch protocols (no 101): the request is answered over HTTP/1.1
-        and the connection goes on in HTTP/1.1, with a fresh parser after the request's
-        body, which llhttp leaves to us."""
-        self.parser = httptools.HttpRequestParser(self)
-        if self._held is not None and self._raw_left:
-            rest = self._read_held_body(rest)
-        if rest and not self.broken:
-            self.data_received(rest)
 
     def _read_held_body(self, data: bytes) -> bytes:
         """Take the held request's body from `data`; what follows it is returned."""
@@ -425,6 +443,7 @@ class HttpProtocol(asyncio.Protocol):
             try:
                 self._complete(request)
             except _Refusal as refusal:
+                self._raised = None
                 self._refuse(refusal)
                 return b""
         return data[take:]
@@ -435,38 +454,41 @@ class HttpProtocol(asyncio.Protocol):
         if encoding in ("", "identity"):
             return body
         if encoding not in ("gzip", "x-gzip", "deflate"):
-            raise _Refusal(
-                errors.GatewayError(
-                    415,
-                    f"Content-Encoding '{encoding[:40]}' is not supported; send the body "
-                    "uncompressed, gzip or deflate.",
-                    code="unsupported_content_encoding",
-                ),
-                "unsupported encoding",
+            unsupported = errors.GatewayError(
+                415,
+                f"Content-Encoding '{encoding[:40]}' is not supported; send the body "
+                "uncompressed, gzip or deflate.",
+                code="unsupported_content_encoding",
             )
+            self._stop_parsing(_Refusal(unsupported, "unsupported encoding"))
         limit = self._max_body or MAX_DECODED
         wbits = 16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS
+        inflater = zlib.decompressobj(wbits)
         try:
-            inflater = zlib.decompressobj(wbits)
             plain = inflater.decompress(body, limit + 1)
-            if not inflater.eof and len(plain) <= limit:
-                raise zlib.error("truncated")
+            whole = inflater.eof  # False: cut short
         except zlib.error:
-            raise _Refusal(
-                errors.bad_request(
-                    f"The request body is not valid {encoding} data.", code="malformed_body"
-                ),
-                "bad compressed body",
-            ) from None
+            plain, whole = b"", False  # not that encoding at all
         if len(plain) > limit:
-            raise _Refusal(errors.too_large(limit), "inflated body too large")
+            self._stop_parsing(_Refusal(errors.too_large(limit), "inflated body too large"))
+        if not whole:
+            bad = errors.bad_request(
+                f"The request body is not valid {encoding} data.", code="malformed_body"
+            )
+            self._stop_parsing(_Refusal(bad, "bad compressed body"))
         return plain
+
+    def _stop_parsing(self, refusal: _Refusal | _Stop) -> NoReturn:
+        """Raise from an llhttp callback; kept here too, since httptools reports it only as
+        the __context__ of its own error, which an enclosing handler would overwrite."""
+        self._raised = refusal
+        raise refusal
 
     # Serving.
 
     def _start(self, request: Request) -> None:
         if self.stage == _IDLE:
-            self.waiting_off()
+            self._arm(None)  # no deadline of ours while the handler works
         reply = self.reply = Responder(self, request)
         task = self.task = self.loop.create_task(self.handler(request, reply))
         task.add_done_callback(self._finished)
@@ -489,10 +511,15 @@ class HttpProtocol(asyncio.Protocol):
         self._next()
 
     def _next(self) -> None:
-        """The next request queued, or the idle wait for one."""
+        """The next request queued, or the idle wait for one. A queued request waits while
+        the client has not read the replies before it: a client that pipelines and never
+        reads must not fill the write buffer without bound."""
         if self.pending:
+            if self.write_paused:
+                self._next_when_drained = True
+                return
             item = self.pending.popleft()
-            if self._read_paused and self.transport is not None:
+            if self._read_paused and len(self.pending) < MAX_PIPELINED and self.transport:
                 self._read_paused = False
                 self.transport.resume_reading()
             if isinstance(item, _Refusal):
@@ -500,12 +527,11 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 self._start(item)
             return
-        if self._closing:
-            self.close()
+        if self._closing and self.stage == _IDLE:
+            self.close()  # (a request half read when the drain began is finished first)
             return
         if self.stage == _IDLE:
-            self.deadline = self.loop.time() + KEEPALIVE_TIMEOUT
-            self.listener.watch(self)
+            self._arm(self.loop.time() + KEEPALIVE_TIMEOUT)
         elif self._continue_owed:
             self._continue_owed = False
             self.send(_CONTINUE)
@@ -515,7 +541,7 @@ class HttpProtocol(asyncio.Protocol):
         self._closing = True
         self.request = None
         self.stage = _IDLE
-        self.waiting_off()
+        self._arm(None)
         malformed = refusal.failure.code == "malformed_request"
         log.warning(
             "rejected a %s from %s: %d %s",
@@ -535,12 +561,32 @@ class HttpProtocol(asyncio.Protocol):
         Responder(self, request).send_answer(refusal.failure.answer())
         self.close()
 
-    def waiting_off(self) -> None:
-        self.listener.waiting.discard(self)
+    def _arm(self, phase: float | None) -> None:
+        """Watch for the stage's deadline (None: the stage has none) and, while the client
+        leaves a reply unread, for the write deadline; whichever comes first."""
+        if phase is not None:
+            self._phase_deadline = phase
+        if self.write_paused:
+            self.deadline = (
+                self._write_deadline if phase is None else min(phase, self._write_deadline)
+            )
+        elif phase is None:
+            self.listener.waiting.discard(self)
+            return
+        else:
+            self.deadline = phase
+        self.listener.watch(self)
 
     def expire(self) -> None:
-        """The sweep found this connection's deadline passed."""
-        if self.stage == _HEAD:
+        """The sweep found a deadline passed."""
+        now = self.loop.time()
+        if self.write_paused and now >= self._write_deadline:
+            log.warning("gave up on %s: it read nothing for %.0fs", self._peer(), WRITE_TIMEOUT)
+            self.abort()  # close() would wait for it to read what is buffered
+            return
+        if now < self._phase_deadline:
+            self._arm(self._phase_deadline)  # the write deadline was the one looked at
+        elif self.stage == _HEAD:
             self._refuse(
                 _Refusal(
                     errors.GatewayError(
@@ -559,9 +605,13 @@ class HttpProtocol(asyncio.Protocol):
                 )
             )
         elif self.task is None and not self.pending:
-            self.close()  # idle past the keep-alive timeout
+            # Idle past the keep-alive timeout; abort what a client never read.
+            if self.transport is not None and self.transport.get_write_buffer_size():
+                self.abort()
+            else:
+                self.close()
         else:
-            self.waiting_off()
+            self._arm(None)  # the handler works: no stage deadline
 
     def _peer(self) -> str:
         peer = self.transport.get_extra_info("peername") if self.transport else None
