@@ -97,11 +97,8 @@ async def _pipe(reply: Responder, exchange: Exchange, is_sse: bool) -> None:
                 raise
             # The client read [DONE] and left before the upstream's end of body came (some
             # clients close at [DONE]): the stream is complete, the connection worth keeping.
-            current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()
             exchange.unpipe()
-            _finish_later(exchange)
+            _kept_after_done(exchange)
             return
 
 
@@ -126,10 +123,7 @@ async def _translate(
         except asyncio.CancelledError:
             if not done:
                 raise
-            current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()
-            _finish_later(exchange)
+            _kept_after_done(exchange)
             return
         if not chunk and not exchange.ended:
             continue  # bytes that completed no event yet
@@ -152,6 +146,15 @@ async def read_error(exchange: Exchange, deployment_id: str) -> bytes:
 DONE_EVENTS = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n", b"data:[DONE]\n\n")
 FINISH_WITHIN = 2.0  # seconds the rest of a stream's body may take, read for nobody
 _finishing: set[asyncio.Task[None]] = set()  # held, so that the loop does not drop them
+
+
+def _kept_after_done(exchange: Exchange) -> None:
+    """The client left after the stream's last event: the request is not cancelled after all
+    (it is complete, and logged as such), and the rest of the reply is read for nobody."""
+    current = asyncio.current_task()
+    if current is not None:
+        current.uncancel()
+    _finish_later(exchange)
 
 
 def _finish_later(exchange: Exchange) -> None:

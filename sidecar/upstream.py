@@ -239,6 +239,7 @@ class Exchange:
         return self._wait()
 
     def unblock(self) -> None:
+        """Read from the upstream again (it was paused: a slow client, or a full buffer)."""
         if self._paused:
             self._paused = False
             self._last_read = self._loop.time()
@@ -307,10 +308,7 @@ class Exchange:
     async def read_all(self, limit: int | None = None) -> bytes:
         """The whole body (up to MAX_BODY), or its first `limit` bytes."""
         self._collect = True
-        if self._paused:
-            self._paused = False
-            self._last_read = self._loop.time()
-            self.conn.resume_reading()
+        self.unblock()
         while not self.ended:
             if self._error is not None:
                 raise self._error
@@ -331,10 +329,7 @@ class Exchange:
                 data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
                 chunks.clear()
                 self._buffered = 0
-                if self._paused:
-                    self._paused = False
-                    self._last_read = self._loop.time()
-                    self.conn.resume_reading()
+                self.unblock()
                 self.before_last, self.last = self.last, data
                 return data
             if self.ended:

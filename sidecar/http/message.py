@@ -197,34 +197,40 @@ class Responder:
             framing = _CHUNKED
         self._head = self._head_of(status, reason, fields, framing)
 
-    async def write(self, data: bytes) -> None:
-        """One piece of a stream, framed and written now; waits while the client is slow."""
-        if not data:
-            return
-        framed = b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data
-        self.sent += len(framed)
+    def _framed(self, data: bytes, end: bool) -> bytes:
+        """A piece of a stream as it goes on the wire: chunk-framed (unless close-delimited),
+        the last chunk after it when it ends the stream, the head before it when it is the
+        first."""
+        if self._chunked:
+            out = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+            if end:
+                out += _LAST_CHUNK
+        else:
+            out = data
+        self.sent += len(out)
         if not self.started:
             self.started = True
-            framed = self._head + framed
+            out = self._head + out
+        return out
+
+    async def write(self, data: bytes) -> None:
+        """One piece of a stream, written now; waits while the client is slow."""
+        if not data:
+            return
         conn = self._conn
-        conn.send(framed)
+        conn.send(self._framed(data, False))
         if conn.write_paused:
             await conn.drain()
 
     def pipe(self, data: bytes, end: bool) -> bool:
-        """A piece of a stream written from a callback (no await): framed, written at once,
-        the end with the last piece. False when the client's buffer is full: the caller stops
-        feeding it until drain()."""
+        """A piece of a stream written from a callback (no await), the end with the last
+        piece. False when the client's buffer is full: the caller stops feeding it until
+        drain()."""
         if end:
             self.end(data)
             return True
         if data:
-            framed = b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data
-            self.sent += len(framed)
-            if not self.started:
-                self.started = True
-                framed = self._head + framed
-            self._conn.send(framed)
+            self._conn.send(self._framed(data, False))
         return not self._conn.write_paused
 
     async def drain(self) -> None:
@@ -232,15 +238,8 @@ class Responder:
 
     def end(self, data: bytes = b"") -> None:
         """The stream's last bytes and its end, in one write."""
-        out = b"%x\r\n%b\r\n" % (len(data), data) if data and self._chunked else data
-        if self._chunked:
-            out += _LAST_CHUNK
-        self.sent += len(out)
-        if not self.started:
-            self.started = True
-            out = self._head + out
         self.done = True
-        self._conn.send(out)
+        self._conn.send(self._framed(data, True))
         if not self._chunked:
             self._conn.close()  # a close-delimited body ends with the connection
 
