@@ -14,6 +14,8 @@ UNKNOWN = ""  # the model label of a request that named no configured model
 
 
 class Metrics:
+    enabled = True
+
     def __init__(self) -> None:
         self.requests: defaultdict[tuple[str, str, str, int], int] = defaultdict(int)
         self.in_flight = 0
@@ -137,3 +139,39 @@ def _labels(**labels: str) -> str:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class _NoHistogram(Histogram):
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        pass
+
+
+class NoMetrics(Metrics):
+    """The switched-off twin (sidecar_settings.metrics: false): every record is a no-op, so
+    that the request path pays a call and nothing else. The in-flight counts stay: they are
+    what max_in_flight admits by."""
+
+    enabled = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.duration = _NoHistogram()
+        self.ttfb = _NoHistogram()
+
+    def usage(self, model: str, prompt: int, completion: int) -> None:
+        pass
+
+    def retry(self, model: str) -> None:
+        pass
+
+    def fallback(self, model: str, to: str) -> None:
+        pass
+
+    def cooldown(self, deployment: str) -> None:
+        pass
+
+    def done(self, endpoint: str, model: str, deployment: str, status: int) -> None:
+        pass
+
+    def upstream_error(self, deployment: str, kind: str) -> None:
+        pass

@@ -157,8 +157,15 @@ class Gateway:
                     503, "The gateway is shutting down.", errors.UNAVAILABLE, "draining"
                 )
             reply.send(200, JSON, _READY)
-        else:
+        elif self.metrics.enabled:
             reply.send(200, TEXT, self.metrics.render())
+        else:
+            raise errors.GatewayError(
+                404,
+                "Metrics are switched off on this gateway (sidecar_settings.metrics: false).",
+                errors.INVALID_REQUEST,
+                "metrics_off",
+            )
 
     async def _forward(
         self,

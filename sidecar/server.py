@@ -16,7 +16,7 @@ from sidecar.accesslog import AccessLog
 from sidecar.config import Config
 from sidecar.deployment import ConfigError
 from sidecar.http.server import Listener
-from sidecar.metrics import Metrics
+from sidecar.metrics import Metrics, NoMetrics
 from sidecar.proxy import Gateway
 from sidecar.upstream import Pool
 
@@ -55,7 +55,8 @@ async def start(
 ) -> Running:
     """Listen and serve; `admin_port` (else sidecar_settings.admin_port) adds the admin listener."""
     pool = Pool()
-    gateway = Gateway(config, pool, Metrics(), AccessLog(enabled=config.server.access_log))
+    metrics = Metrics() if config.server.metrics else NoMetrics()
+    gateway = Gateway(config, pool, metrics, AccessLog(enabled=config.server.access_log))
 
     def limits() -> tuple[int, float]:
         # Read per request, so that a reload can change them.

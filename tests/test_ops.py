@@ -297,6 +297,21 @@ async def test_metrics_move_with_traffic_and_parse(
     assert after[prompt] == 15  # the fake upstream reports 5 prompt tokens a call
 
 
+async def test_metrics_switched_off_are_neither_kept_nor_served(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, http: aiohttp.ClientSession
+) -> None:
+    sidecar = await make_sidecar(vllm(upstream) + "sidecar_settings:\n  metrics: false\n")
+    for _ in range(2):
+        async with http.post(sidecar.url + "/v1/chat/completions", json=CHAT) as r:
+            assert r.status == 200
+    async with http.get(sidecar.url + "/metrics") as r:
+        assert r.status == 404
+        assert (await r.json())["error"]["code"] == "metrics_off"
+    metrics = sidecar.running.gateway.metrics
+    assert not metrics.requests and not metrics.tokens and not list(metrics.duration.samples())
+    assert metrics.in_flight == 0  # still counted: max_in_flight admits by it
+
+
 async def test_reload_when_the_file_changes_and_on_configmap_swaps(tmp_path: Path) -> None:
     # Kubernetes mounts a ConfigMap as config.yaml -> ..data/config.yaml, ..data -> a dated dir,
     # and updates it by pointing ..data at a new dir.

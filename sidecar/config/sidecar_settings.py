@@ -27,6 +27,7 @@ class ServerSettings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # a larger body gets 413; 0 means no limit
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT  # seconds in-flight requests get on SIGTERM
     access_log: bool = True  # one JSON line per request on stdout
+    metrics: bool = True  # Prometheus metrics on /metrics; false: not kept, and /metrics is 404
     max_connections: int = 0  # client connections held at once; more get 503; 0: no limit
     max_in_flight: int = 0  # model requests served at once; more get 503; 0: no limit
     body_timeout: float = 60.0  # seconds a client may take to send its body; then 408
@@ -48,6 +49,7 @@ def server_settings(raw: Mapping[str, Any]) -> ServerSettings:
         "max_request_bytes": (int,),
         "drain_timeout": (int, float),
         "access_log": (bool,),
+        "metrics": (bool,),
         "reload_interval": (int, float),
         "max_connections": (int,),
         "max_in_flight": (int,),
@@ -88,8 +90,9 @@ def server_settings(raw: Mapping[str, Any]) -> ServerSettings:
     return ServerSettings(**values)
 
 
-# What a running process cannot change without a restart: its sockets and its processes.
-_LISTENING = ("host", "port", "workers", "uds", "admin_port", "admin_host")
+# What a running process cannot change without a restart: its sockets and its processes, and
+# whether it keeps metrics (the counters are made at start).
+_LISTENING = ("host", "port", "workers", "uds", "admin_port", "admin_host", "metrics")
 
 
 def restart_needed(old: ServerSettings, new: ServerSettings) -> list[str]:
