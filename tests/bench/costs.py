@@ -179,6 +179,10 @@ async def floors(count: int, rounds: int, work: Path) -> dict[str, float]:
     await pool.close()
     for name, text in (
         (
+            "whole gateway: no key, no access log, no metrics",
+            TABLE + "sidecar_settings:\n  access_log: false\n  metrics: false\n",
+        ),
+        (
             "whole gateway: no key, no access log",
             TABLE + "sidecar_settings:\n  access_log: false\n",
         ),
