@@ -16,6 +16,7 @@ import orjson
 
 from sidecar.headers import DEPLOYMENT_HEADER, is_json
 from sidecar.origin import UpstreamError
+from sidecar.redact import redact, redact_text
 
 INVALID_REQUEST = "invalid_request_error"
 AUTHENTICATION = "authentication_error"
@@ -248,21 +249,6 @@ def _decoded(body: bytes, encoding: str) -> bytes | None:
             continue
         return plain if len(plain) <= MAX_ERROR_BODY else None
     return None
-
-
-def redact(body: bytes, secrets: Iterable[str]) -> bytes:
-    """An upstream's error body with the deployment's keys blanked out: an upstream may quote
-    the key it was sent ("invalid key sk-..."), and no key of ours may reach a client."""
-    for secret in secrets:
-        body = body.replace(secret.encode("latin-1"), b"[redacted]")
-    return body
-
-
-def redact_text(value: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        if secret in value:
-            value = value.replace(secret, "[redacted]")
-    return value
 
 
 def too_many_connections() -> GatewayError:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from sidecar import errors
 from sidecar.config import RouterSettings
 from sidecar.headers import ATTEMPTS_HEADER, DEPLOYMENT_HEADER, reply_headers
+from sidecar.redact import redact_text
 from sidecar.router import Blocked
 from sidecar.upstream import Exchange
 
@@ -33,11 +34,11 @@ class Failure:
     ) -> Failure:
         """An upstream's error reply, to relay as pipe.relay would have when nothing else
         answers: checked for the deployment's keys, in the OpenAI shape when it is not JSON."""
-        headers, _ = reply_headers(exchange.headers, named)
+        headers, _ = reply_headers(exchange.headers, named, secrets)
         try:
             fields, clean = errors.clean_error(
                 exchange.status,
-                exchange.reason,
+                redact_text(exchange.reason, secrets),
                 headers,
                 body,
                 named[DEPLOYMENT_HEADER],

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from sidecar.redact import redact_text
+
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -79,11 +81,11 @@ Fields = list[tuple[str, str]]
 
 
 def reply_headers(
-    upstream: Iterable[tuple[str, str]], named: Mapping[str, str]
+    upstream: Iterable[tuple[str, str]], named: Mapping[str, str], secrets: tuple[str, ...] = ()
 ) -> tuple[Fields, str]:
     """The upstream's end-to-end headers (content type, encoding, rate-limit hints ...) with
-    ours (`named`, lower-case names) in place of any of the same name, and its content type in
-    lower case."""
+    ours (`named`, lower-case names) in place of any of the same name, the deployment's keys
+    (`secrets`) blanked out of their values, and its content type in lower case."""
     out: Fields = []
     content_type = ""
     listed: set[str] | None = None  # the fields the upstream's Connection header names
@@ -96,6 +98,8 @@ def reply_headers(
             continue
         if low == "content-type":
             content_type = value.lower()
+        if secrets:
+            value = redact_text(value, secrets)
         out.append((name, value))
     if listed:  # rare: "Connection: keep-alive" or "close" names no other field
         out = [(name, value) for name, value in out if name.lower() not in listed]

@@ -17,6 +17,7 @@ from sidecar.headers import DEPLOYMENT_HEADER, STREAM_HEADERS, has, reply_header
 from sidecar.http.message import Responder
 from sidecar.origin import UpstreamError
 from sidecar.providers.translate import TextToChat, TextToChatStream
+from sidecar.redact import redact_text
 from sidecar.sse import SSEError
 from sidecar.upstream import Exchange
 
@@ -30,16 +31,17 @@ async def relay(
 ) -> None:
     """Send the upstream's reply to the client, through `translation` when there is one (error
     replies never are), with our `named` headers added. Ends `exchange` in every case."""
-    headers, content_type = reply_headers(exchange.headers, named)
+    headers, content_type = reply_headers(exchange.headers, named, secrets)
+    reason = redact_text(exchange.reason, secrets)
     deployment_id = named[DEPLOYMENT_HEADER]
     try:
         if exchange.status >= 400:
             # Read whole (errors are small), checked for our keys, never translated.
             body = await read_error(exchange, deployment_id)
             fields, body = errors.clean_error(
-                exchange.status, exchange.reason, headers, body, deployment_id, secrets
+                exchange.status, reason, headers, body, deployment_id, secrets
             )
-            reply.send(exchange.status, fields, body, exchange.reason)
+            reply.send(exchange.status, fields, body, reason)
             return
         is_sse = content_type.startswith("text/event-stream")
         if not is_sse and (exchange.length is not None or translation is not None):
@@ -49,7 +51,7 @@ async def relay(
                 raise errors.upstream_failure(exc, deployment_id) from None
             if translation is not None:
                 body = translation.reply(body)
-            reply.send(exchange.status, headers, body, exchange.reason)
+            reply.send(exchange.status, headers, body, reason)
             return
         if is_sse:
             # Added where the upstream said nothing: its own choice (llama.cpp's server sends
@@ -57,7 +59,7 @@ async def relay(
             for name, value in STREAM_HEADERS.items():
                 if not has(headers, name.lower()):
                     headers.append((name, value))
-        reply.start(exchange.status, headers, exchange.reason)
+        reply.start(exchange.status, headers, reason)
         if translation is not None and is_sse:
             await _translate(reply, exchange, _Translated(translation.stream()), deployment_id)
         else:

@@ -4,7 +4,9 @@ named for what broke. Raw bytes in and out; upstreams that misbehave are tests.f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
+import socket
 from collections.abc import AsyncIterator
 
 import orjson
@@ -366,3 +368,236 @@ async def test_a_client_that_reads_nothing_is_given_up_on(
     await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     await asyncio.wait_for(cut.wait(), 5)  # the sidecar dropped the client, then the upstream
     assert sidecar.running.gateway.metrics.in_flight == 0
+
+
+async def test_endless_request_trailers_are_a_431(
+    upstream: FakeUpstream, connect: Dial, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(vllm(upstream))
+    reader, writer = await connect(sidecar.running.port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + chunk(BODY)
+        + b"0\r\nX-Trailer: "
+    )
+    for _ in range(20):  # 160 KB of one trailer field that never ends
+        writer.write(b"a" * 8000)
+    status, _, body = await read_reply(reader)
+    assert status == 431 and b"request_header_fields_too_large" in body
+    assert not upstream.received
+
+
+async def test_endless_upstream_trailers_cut_the_stream(
+    raw: RawUpstream, connect: Dial, make_sidecar: MakeSidecar
+) -> None:
+    head = SSE_HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
+    raw.pieces = [head + chunk(EVENTS) + b"0\r\nX-Trailer: ", *[b"a" * 8000] * 20]
+    raw.close = False
+    sidecar = await make_sidecar(vllm(raw))  # type: ignore[arg-type]
+    reader, writer = await connect(sidecar.running.port)
+    writer.write(post(STREAM))
+    with pytest.raises(asyncio.IncompleteReadError):
+        await read_reply(reader)  # the events came, then the connection was cut: no last chunk
+
+
+async def test_a_secret_in_the_upstreams_reason_phrase_or_headers_never_reaches_the_client(
+    raw: RawUpstream, connect: Dial, make_sidecar: MakeSidecar
+) -> None:
+    body = b'{"error": {"message": "no"}}'
+    raw.reply = (
+        b"HTTP/1.1 401 key sk-upstream-SECRET-1234 rejected\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    raw.close = False
+    config = vllm(raw).replace("api_base:", "api_key: sk-upstream-SECRET-1234\n      api_base:")  # type: ignore[arg-type]
+    sidecar = await make_sidecar(config)
+    reader, writer = await connect(sidecar.running.port)
+    writer.write(post())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 401 ") and b"SECRET" not in head
+    await reader.readexactly(len(body))
+    ok = b'{"object": "chat.completion"}'
+    raw.reply = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Echo: sk-upstream-SECRET-1234\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(ok), ok)
+    )
+    writer.write(post())
+    status, headers, _ = await read_reply(reader)
+    assert status == 200 and "SECRET" not in headers["x-echo"]
+
+
+def _small_buffers(sidecar: object, client: socket.socket) -> None:
+    """Kernel buffers of a few KiB on both ends, so that a reply of tens of KiB stays in the
+    sidecar's own write buffer, under the point where writing pauses."""
+    (protocol,) = sidecar.running.listener.connections  # type: ignore[attr-defined]
+    server_side = protocol.transport.get_extra_info("socket")
+    server_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+
+
+async def test_a_closed_connection_whose_reply_is_never_read_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+    upstream: FakeUpstream,
+    make_sidecar: MakeSidecar,
+) -> None:
+    from aiohttp import web
+
+    from sidecar.http import server as http_server
+
+    monkeypatch.setattr(http_server, "WRITE_TIMEOUT", 0.5)
+
+    async def mid(request: web.Request, got: object) -> web.Response:
+        return web.json_response({"object": "chat.completion", "pad": "x" * 40_000})
+
+    upstream.scripts["/v1/chat/completions"] = mid  # type: ignore[assignment]
+    sidecar = await make_sidecar(vllm(upstream))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", sidecar.running.port))
+    try:
+        await asyncio.sleep(0.05)
+        _small_buffers(sidecar, sock)
+        sock.sendall(post(extra=b"Connection: close\r\n"))  # and never read a byte
+        listener = sidecar.running.listener
+        await asyncio.sleep(0.3)
+        (protocol,) = listener.connections
+        assert not protocol.write_paused  # the case: buffered, yet under the pause
+        for _ in range(30):
+            await asyncio.sleep(0.1)
+            if not listener.connections:
+                break
+        assert not listener.connections
+    finally:
+        sock.close()
+
+
+async def test_a_slow_but_steady_reader_is_not_taken_for_a_gone_one(
+    monkeypatch: pytest.MonkeyPatch,
+    upstream: FakeUpstream,
+    make_sidecar: MakeSidecar,
+) -> None:
+    """Reading 2 KiB every 50 ms drains the write buffer from its high to its low mark in
+    longer than WRITE_TIMEOUT (1 s here); the client reads all along: it is not dropped."""
+    from aiohttp import web
+
+    from sidecar.http import server as http_server
+
+    monkeypatch.setattr(http_server, "WRITE_TIMEOUT", 1.0)
+    event = b"data: " + b"x" * 16_000 + b"\n\n"
+
+    async def stream(request: web.Request, got: object) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for _ in range(8):
+            await response.write(event)
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    upstream.scripts["/v1/chat/completions"] = stream  # type: ignore[assignment]
+    sidecar = await make_sidecar(vllm(upstream))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", sidecar.running.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        await asyncio.sleep(0.05)
+        _small_buffers(sidecar, sock)
+        writer.write(post(STREAM))
+        got = b""
+        while not got.endswith(b"0\r\n\r\n"):
+            piece = await asyncio.wait_for(reader.read(2048), 5)
+            assert piece, "the sidecar gave up on a client that was reading"
+            got += piece
+            await asyncio.sleep(0.05)
+        assert got.count(b"data: x") == 8
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def test_a_100_continue_owed_to_a_queued_request_goes_to_no_other(
+    upstream: FakeUpstream, connect: Dial, make_sidecar: MakeSidecar
+) -> None:
+    from aiohttp import web
+
+    async def slow(request: web.Request, got: object) -> web.Response:
+        await asyncio.sleep(0.2)
+        return web.json_response({"object": "chat.completion"})
+
+    upstream.scripts["/v1/chat/completions"] = slow  # type: ignore[assignment]
+    sidecar = await make_sidecar(vllm(upstream))
+    reader, writer = await connect(sidecar.running.port)
+    third = post()
+    writer.write(post() + post(extra=b"Expect: 100-continue\r\n") + third[:-5])
+    await asyncio.sleep(0.6)  # the first two are answered meanwhile
+    writer.write(third[-5:])
+    seen = b""
+    while seen.count(b"HTTP/1.1 200") < 3:
+        seen += await asyncio.wait_for(reader.read(65536), 5)
+    assert b"100 Continue" not in seen
+
+
+async def test_queued_bodies_are_bounded_in_bytes_too(
+    upstream: FakeUpstream, connect: Dial, make_sidecar: MakeSidecar
+) -> None:
+    from aiohttp import web
+
+    from sidecar.http.server import MAX_QUEUED_BYTES
+
+    async def slow(request: web.Request, got: object) -> web.Response:
+        await asyncio.sleep(0.5)
+        return web.json_response({"object": "chat.completion"})
+
+    upstream.scripts["/v1/chat/completions"] = slow  # type: ignore[assignment]
+    sidecar = await make_sidecar(vllm(upstream) + "sidecar_settings:\n  max_request_bytes: 0\n")
+    _reader, writer = await connect(sidecar.running.port)
+    big = post(orjson.dumps({**CHAT, "user": "x" * 3_000_000}))
+    writer.write(post() + big * 6)
+    await asyncio.sleep(0.3)
+    (protocol,) = sidecar.running.listener.connections
+    assert protocol._read_paused
+    assert protocol._queued_bytes < MAX_QUEUED_BYTES + 2 * len(big)  # not all 18 MB read
+
+
+class _Backlog:
+    """A transport whose write buffer holds what a test says."""
+
+    def __init__(self) -> None:
+        self.size = 100_000
+        self.aborted = False
+
+    def get_write_buffer_size(self) -> int:
+        return self.size
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 1)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+
+async def test_the_write_deadline_is_reset_by_any_progress_of_the_client() -> None:
+    """nginx's send_timeout: the client is given up on only when it took nothing of its
+    reply for WRITE_TIMEOUT, not when the buffer failed to drain in that time."""
+    from sidecar.http.message import Request, Responder
+    from sidecar.http.server import Listener
+
+    async def handler(request: Request, reply: Responder) -> None:
+        pass
+
+    listener = Listener(handler, lambda: (0, 0.0))
+    protocol = listener()
+    transport = _Backlog()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.pause_writing()
+    transport.size = 90_000  # it read 10 KB
+    protocol._write_deadline = 0.0  # the deadline passed
+    protocol.expire()
+    assert not transport.aborted
+    protocol._write_deadline = 0.0  # passed again, and nothing was read since
+    protocol.expire()
+    assert transport.aborted

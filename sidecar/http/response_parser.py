@@ -35,6 +35,7 @@ class ResponseParser:
         "_head_bytes",
         "_headers",
         "_in_head",
+        "_in_trailers",
         "_interim",
         "_length",
         "_parser",
@@ -70,6 +71,7 @@ class ResponseParser:
         self._chunked = False
         self._reason = b""
         self._in_head = True  # until the head of the (final) reply is complete
+        self._in_trailers = False  # after a chunk's size line, before any of its bytes
         self._head_bytes = 0
         self._interim = False  # parsing a 1xx reply, which the real one follows
         self._state = _HEAD
@@ -93,11 +95,12 @@ class ResponseParser:
             raise ProtocolError(str(exc) or type(exc).__name__) from None
         except httptools.HttpParserUpgrade:  # 101 Switching Protocols: we never ask for one
             raise ProtocolError("the upstream switched protocols") from None
-        if self._in_head:
-            # llhttp keeps a partial field until it is complete: bound what it may hold.
+        if self._in_head or self._in_trailers:
+            # llhttp keeps a partial field until it is complete (and grows it by copying):
+            # bound what a head, or the trailers after a chunked body, may hold.
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD:
-                raise ProtocolError("reply head too large")
+                raise ProtocolError("reply head or trailers too large")
 
     def feed_eof(self) -> None:
         """The connection closed: that ends a close-delimited body, and is an error otherwise."""
@@ -164,7 +167,13 @@ class ResponseParser:
             self._state = _UNTIL_CLOSE
         self._head(status, self._headers)
 
+    def on_chunk_header(self) -> None:
+        # Until body bytes follow, what comes may be the last chunk's trailer fields.
+        self._in_trailers = True
+        self._head_bytes = 0
+
     def on_body(self, data: bytes) -> None:
+        self._in_trailers = False
         self._body(data)
 
     def on_message_complete(self) -> None:

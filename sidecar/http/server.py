@@ -41,9 +41,11 @@ KEEPALIVE_TIMEOUT = 75.0  # seconds an idle connection stays open; above common 
 HEAD_TIMEOUT = 30.0  # seconds a request head may take to arrive, once begun
 MAX_PIPELINED = 8  # complete requests queued behind the one in hand: reading pauses at this
 MAX_QUEUED = 64  # ... and one read may bring more: past this many, the rest is refused (503)
+MAX_QUEUED_BYTES = 8 * 1024 * 1024  # bodies queued behind the one in hand: reading pauses too
 WRITE_TIMEOUT = 60.0  # seconds a client may leave a reply unread (nginx's send_timeout)
 MAX_DECODED = 64 * 1024 * 1024  # bytes a compressed body may inflate to when no limit is set
 OVER_LIMIT_GRACE = 2.0  # seconds a connection past max_connections has to send its request
+LINGER = 2.0  # seconds a refused client may go on sending before the connection is closed
 SWEEP_INTERVAL = 0.1  # seconds between checks of deadlines: timeouts fire this late at most
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -186,6 +188,10 @@ class HttpProtocol(asyncio.Protocol):
         self._held: Request | None = None  # a request to Upgrade whose body llhttp skipped
         self._raw_left = 0  # bytes of that body still to come
         self._raised: _Refusal | _Stop | None = None  # what a callback raised (_stop_parsing)
+        self._in_trailers = False  # after a chunk's size line, before any of its bytes
+        self._queued_bytes = 0  # of the bodies of the requests in `pending`
+        self._flushing = False  # closing once what is buffered has gone to the client
+        self._backlog = 0  # bytes buffered for the client when its write deadline was set
         self._next_when_drained = False  # a queued request waits for the client to read
         self._write_deadline = 0.0  # when a client that reads nothing is given up on
 
@@ -226,8 +232,14 @@ class HttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        self._write_deadline = self.loop.time() + WRITE_TIMEOUT
+        self._watch_writes()
         self._arm(self._phase_deadline if self in self.listener.waiting else None)
+
+    def _watch_writes(self) -> None:
+        """Start the write deadline: WRITE_TIMEOUT without the client taking any of what is
+        buffered for it (nginx's send_timeout: between two successful writes)."""
+        self._write_deadline = self.loop.time() + WRITE_TIMEOUT
+        self._backlog = self.transport.get_write_buffer_size() if self.transport else 0
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -266,9 +278,15 @@ class HttpProtocol(asyncio.Protocol):
             await self._drained
 
     def close(self) -> None:
-        """Close once what was written has gone (a cut stream stays cut: no final chunk)."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        """Close once what was written has gone (a cut stream stays cut: no final chunk); a
+        client that never reads it is dropped after WRITE_TIMEOUT, as a paused one is."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+            if transport.get_write_buffer_size() and not self.closed:
+                self._flushing = True
+                self._watch_writes()
+                self._arm(None)
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -312,7 +330,9 @@ class HttpProtocol(asyncio.Protocol):
                 failure = errors.bad_request("Malformed HTTP request.", code="malformed_request")
                 self._refuse(_Refusal(failure, type(exc).__name__))
                 return
-            if self.stage == _HEAD:
+            if self.stage == _HEAD or (self.stage == _BODY and self._in_trailers):
+                # llhttp keeps a partial field until it ends (and grows it by copying): a head,
+                # or the trailers after a chunked body, is bounded here.
                 self._head_bytes += len(data)
                 if self._head_bytes > MAX_HEAD_BYTES:
                     self._refuse(_head_too_large())
@@ -373,6 +393,7 @@ class HttpProtocol(asyncio.Protocol):
         self.stage = _BODY
         self._body = []
         self._body_size = 0
+        self._in_trailers = False
         self._arm(self.loop.time() + self._body_timeout if self._body_timeout else None)
         if parser.should_upgrade() and "transfer-encoding" in request.headers:
             # llhttp skips the body of a request to Upgrade; a chunked one is not read here.
@@ -391,7 +412,13 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 self._continue_owed = True
 
+    def on_chunk_header(self) -> None:
+        # Until body bytes follow, what comes may be the last chunk's trailer fields.
+        self._in_trailers = True
+        self._head_bytes = 0
+
     def on_body(self, data: bytes) -> None:
+        self._in_trailers = False
         self._body_size += len(data)
         if self._max_body and self._body_size > self._max_body:
             self._stop_parsing(_Refusal(errors.too_large(self._max_body), "body too large"))
@@ -407,6 +434,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _complete(self, request: Request) -> None:
         self.stage = _IDLE
+        self._continue_owed = False  # its body came without it
         body = self._body
         if body:
             request.body = body[0] if len(body) == 1 else b"".join(body)
@@ -428,7 +456,9 @@ class HttpProtocol(asyncio.Protocol):
             )
             self._stop_parsing(_Refusal(overloaded, "too many pipelined"))
         self.pending.append(request)
-        if len(self.pending) >= MAX_PIPELINED and self.transport is not None:
+        self._queued_bytes += len(request.body)
+        full = len(self.pending) >= MAX_PIPELINED or self._queued_bytes >= MAX_QUEUED_BYTES
+        if full and self.transport is not None:
             self._read_paused = True
             self.transport.pause_reading()
 
@@ -519,7 +549,10 @@ class HttpProtocol(asyncio.Protocol):
                 self._next_when_drained = True
                 return
             item = self.pending.popleft()
-            if self._read_paused and len(self.pending) < MAX_PIPELINED and self.transport:
+            if isinstance(item, Request):
+                self._queued_bytes -= len(item.body)
+            room = len(self.pending) < MAX_PIPELINED and self._queued_bytes < MAX_QUEUED_BYTES
+            if self._read_paused and room and self.transport:
                 self._read_paused = False
                 self.transport.resume_reading()
             if isinstance(item, _Refusal):
@@ -559,14 +592,29 @@ class HttpProtocol(asyncio.Protocol):
         request = Request()
         request.keep_alive = False
         Responder(self, request).send_answer(refusal.failure.answer())
-        self.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after a refusal without a reset: a client still sending (a body too large,
+        a head too long) would otherwise get ECONNRESET in place of our answer, since closing
+        with unread bytes resets. So our side is shut, what it goes on sending is read and
+        dropped, and the connection closes when it closes its side, or after LINGER (nginx's
+        lingering close)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            self.close()
+            return
+        transport.write_eof()
+        self.loop.call_later(LINGER, self.close)
 
     def _arm(self, phase: float | None) -> None:
         """Watch for the stage's deadline (None: the stage has none) and, while the client
         leaves a reply unread, for the write deadline; whichever comes first."""
         if phase is not None:
             self._phase_deadline = phase
-        if self.write_paused:
+        if self.write_paused or self._flushing:
             self.deadline = (
                 self._write_deadline if phase is None else min(phase, self._write_deadline)
             )
@@ -580,9 +628,19 @@ class HttpProtocol(asyncio.Protocol):
     def expire(self) -> None:
         """The sweep found a deadline passed."""
         now = self.loop.time()
-        if self.write_paused and now >= self._write_deadline:
-            log.warning("gave up on %s: it read nothing for %.0fs", self._peer(), WRITE_TIMEOUT)
-            self.abort()  # close() would wait for it to read what is buffered
+        if (self.write_paused or self._flushing) and now >= self._write_deadline:
+            backlog = self.transport.get_write_buffer_size() if self.transport else 0
+            if backlog >= self._backlog:
+                log.warning(
+                    "gave up on %s: it took none of its reply for %.0fs",
+                    self._peer(),
+                    WRITE_TIMEOUT,
+                )
+                self.abort()  # close() would wait for it to read what is buffered
+                return
+            self._watch_writes()  # it reads, slowly: a new deadline from now
+        if self._flushing:
+            self._arm(None)
             return
         if now < self._phase_deadline:
             self._arm(self._phase_deadline)  # the write deadline was the one looked at
