@@ -429,7 +429,7 @@ class HttpProtocol(asyncio.Protocol):
         assert request is not None
         self.request = None
         if request is self._held:
-            return  # its body comes after llhttp stops (_upgrade_refused)
+            return  # its body comes after llhttp stops (data_received, _read_held_body)
         self._complete(request)
 
     def _complete(self, request: Request) -> None:
