@@ -37,7 +37,7 @@ class AccessLog:
             return
         fields["time"] = self._now()
         buffer = self._buffer
-        buffer += orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
+        buffer.extend(orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE))
         if len(buffer) >= FLUSH_BYTES:
             self.flush()
         elif self._timer is None:
