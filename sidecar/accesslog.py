@@ -61,6 +61,6 @@ class AccessLog:
         data = bytes(self._buffer)
         self._buffer.clear()
         with contextlib.suppress(OSError):  # a closed stdout must not take requests down
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view) :]
+            sent = os.write(self.fd, data)
+            while sent < len(data):  # a pipe may take part of it: the rest, then
+                sent += os.write(self.fd, memoryview(data)[sent:])

@@ -127,7 +127,7 @@ class Router:
             d = members[(start + i) % count]
             if d.id in exclude or not self.available(d, now):
                 continue
-            load = self.of(d).in_flight
+            load = float(self.of(d).in_flight)  # best_load starts as inf
             if load < best_load:
                 best, best_load = d, load
         return best
