@@ -13,7 +13,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import orjson
 from aiohttp import web
@@ -102,6 +102,17 @@ def fails_first(count: int, then: Script) -> Script:
         if calls <= count:
             return web.json_response({"error": {"message": "blip"}}, status=503)
         return await then(request, got)
+
+    return script
+
+
+def answers_after(seconds: float, reply: dict[str, Any] | None = None) -> Script:
+    """A script that keeps each call waiting `seconds`, then answers 200 with `reply` (a bare
+    chat.completion object by default): a slow upstream."""
+
+    async def script(request: web.Request, got: Received) -> web.StreamResponse:
+        await asyncio.sleep(seconds)
+        return web.json_response(reply or {"object": "chat.completion"})
 
     return script
 
@@ -229,53 +240,10 @@ def embeddings(got: Received) -> web.Response:
 
 
 @dataclass
-class HangUp:
-    """An upstream that reads a whole request head and hangs up without a byte of reply: with
-    a FIN, or with a reset (SO_LINGER 0) when `reset`. It records the request lines it read."""
+class _Loopback:
+    """A raw asyncio server on 127.0.0.1:0, for upstreams that misbehave below HTTP: the
+    subclass's `_serve` handles each connection, which is closed when it returns or at stop."""
 
-    reset: bool = False
-    received: list[bytes] = field(default_factory=list)
-    port: int = 0
-    _server: asyncio.Server | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    async def start(self) -> HangUp:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            writer.close()
-            return
-        self.received.append(head.split(b"\r\n", 1)[0])
-        if self.reset:
-            sock = writer.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.close()
-
-
-@dataclass
-class RawUpstream:
-    """An upstream that answers every request with `reply`, bytes exactly as given (written in
-    one write, or in `pieces` with `pause` seconds between), then closes when `close`, else
-    keeps the connection for more. For replies no well-behaved server library would send."""
-
-    reply: bytes = b""
-    pieces: list[bytes] | None = None
-    pause: float = 0.0
-    close: bool = True
-    requests: int = 0
     port: int = 0
     _server: asyncio.Server | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
@@ -284,7 +252,7 @@ class RawUpstream:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    async def start(self) -> RawUpstream:
+    async def start(self) -> Self:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -299,6 +267,48 @@ class RawUpstream:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class HangUp(_Loopback):
+    """An upstream that reads a whole request head and hangs up without a byte of reply: with
+    a FIN, or with a reset (SO_LINGER 0) when `reset`. It records the request lines it read."""
+
+    reset: bool = False
+    received: list[bytes] = field(default_factory=list)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            return
+        self.received.append(head.split(b"\r\n", 1)[0])
+        if self.reset:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+@dataclass
+class RawUpstream(_Loopback):
+    """An upstream that answers every request with `reply`, bytes exactly as given (written in
+    one write, or in `pieces` with `pause` seconds between), then closes when `close`, else
+    keeps the connection for more. For replies no well-behaved server library would send."""
+
+    reply: bytes = b""
+    pieces: list[bytes] | None = None
+    pause: float = 0.0
+    close: bool = True
+    requests: int = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -317,6 +327,3 @@ class RawUpstream:
                     break
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
-        finally:
-            self._writers.discard(writer)
-            writer.close()

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from tests.conftest import MakeSidecar
-from tests.fakes import FakeUpstream, RawUpstream
+from tests.fakes import FakeUpstream, RawUpstream, answers_after
 from tests.test_gateway import vllm
 from tests.test_http_server import BODY, CHAT, MOCK, Dial, closed, connect, post, read_reply
 
@@ -158,14 +158,7 @@ async def test_the_drain_answers_the_pipelined_requests_already_read(
     upstream: FakeUpstream, connect: Dial, make_sidecar: MakeSidecar
 ) -> None:
     sidecar = await make_sidecar(vllm(upstream))
-
-    async def slow(request: object, got: object) -> object:
-        await asyncio.sleep(0.3)
-        from aiohttp import web
-
-        return web.json_response({"object": "chat.completion"})
-
-    upstream.scripts["/v1/chat/completions"] = slow  # type: ignore[assignment]
+    upstream.scripts["/v1/chat/completions"] = answers_after(0.3)
     reader, writer = await connect(sidecar.running.port)
     writer.write(post() + post())
     await asyncio.sleep(0.1)
@@ -519,13 +512,7 @@ async def test_a_slow_but_steady_reader_is_not_taken_for_a_gone_one(
 async def test_a_100_continue_owed_to_a_queued_request_goes_to_no_other(
     upstream: FakeUpstream, connect: Dial, make_sidecar: MakeSidecar
 ) -> None:
-    from aiohttp import web
-
-    async def slow(request: web.Request, got: object) -> web.Response:
-        await asyncio.sleep(0.2)
-        return web.json_response({"object": "chat.completion"})
-
-    upstream.scripts["/v1/chat/completions"] = slow  # type: ignore[assignment]
+    upstream.scripts["/v1/chat/completions"] = answers_after(0.2)
     sidecar = await make_sidecar(vllm(upstream))
     reader, writer = await connect(sidecar.running.port)
     third = post()
@@ -541,15 +528,9 @@ async def test_a_100_continue_owed_to_a_queued_request_goes_to_no_other(
 async def test_queued_bodies_are_bounded_in_bytes_too(
     upstream: FakeUpstream, connect: Dial, make_sidecar: MakeSidecar
 ) -> None:
-    from aiohttp import web
-
     from sidecar.http.server import MAX_QUEUED_BYTES
 
-    async def slow(request: web.Request, got: object) -> web.Response:
-        await asyncio.sleep(0.5)
-        return web.json_response({"object": "chat.completion"})
-
-    upstream.scripts["/v1/chat/completions"] = slow  # type: ignore[assignment]
+    upstream.scripts["/v1/chat/completions"] = answers_after(0.5)
     sidecar = await make_sidecar(vllm(upstream) + "sidecar_settings:\n  max_request_bytes: 0\n")
     _reader, writer = await connect(sidecar.running.port)
     big = post(orjson.dumps({**CHAT, "user": "x" * 3_000_000}))

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from sidecar.http import server as http_server
 from tests.conftest import MakeSidecar
-from tests.fakes import FakeUpstream, Received
+from tests.fakes import FakeUpstream, Received, answers_after
 from tests.test_gateway import vllm
 
 LIMIT = 5.0
@@ -98,11 +98,8 @@ async def test_pipelined_requests_are_answered_in_order(
     reader, writer = await connect(sidecar.running.port)
 
     # Four requests in one write: a slow upstream call first, then quick ones behind it.
-    async def slow(request: web.Request, got: Received) -> web.Response:
-        await asyncio.sleep(0.3)
-        return web.json_response({"object": "chat.completion", "id": "slow"})
-
-    upstream.scripts["/v1/chat/completions"] = slow
+    slow = {"object": "chat.completion", "id": "slow"}
+    upstream.scripts["/v1/chat/completions"] = answers_after(0.3, slow)
     writer.write(
         post()
         + b"GET /health/liveliness HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -385,11 +382,8 @@ async def test_an_upgrade_request_is_answered_over_http_1_1_and_the_connection_g
 async def test_the_drain_closes_idle_connections_and_lets_a_request_in_hand_finish(
     connect: Dial, upstream: FakeUpstream, make_sidecar: MakeSidecar
 ) -> None:
-    async def slow(request: web.Request, got: Received) -> web.Response:
-        await asyncio.sleep(0.5)
-        return web.json_response({"object": "chat.completion", "id": "slow"})
-
-    upstream.scripts["/v1/chat/completions"] = slow
+    slow = {"object": "chat.completion", "id": "slow"}
+    upstream.scripts["/v1/chat/completions"] = answers_after(0.5, slow)
     sidecar = await make_sidecar(vllm(upstream))
     idle_reader, idle_writer = await connect(sidecar.running.port)
     idle_writer.write(b"GET /health/liveliness HTTP/1.1\r\nHost: x\r\n\r\n")
