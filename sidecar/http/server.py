@@ -644,24 +644,12 @@ class HttpProtocol(asyncio.Protocol):
             return
         if now < self._phase_deadline:
             self._arm(self._phase_deadline)  # the write deadline was the one looked at
-        elif self.stage == _HEAD:
-            self._refuse(
-                _Refusal(
-                    errors.GatewayError(
-                        408, "The request head took too long to arrive.", code="head_timeout"
-                    ),
-                    "head timeout",
-                )
+        elif self.stage in (_HEAD, _BODY):
+            part = "head" if self.stage == _HEAD else "body"
+            late = errors.GatewayError(
+                408, f"The request {part} took too long to arrive.", code=f"{part}_timeout"
             )
-        elif self.stage == _BODY:
-            self._refuse(
-                _Refusal(
-                    errors.GatewayError(
-                        408, "The request body took too long to arrive.", code="body_timeout"
-                    ),
-                    "body timeout",
-                )
-            )
+            self._refuse(_Refusal(late, f"{part} timeout"))
         elif self.task is None and not self.pending:
             # Idle past the keep-alive timeout; abort what a client never read.
             if self.transport is not None and self.transport.get_write_buffer_size():
