@@ -16,7 +16,7 @@ import orjson
 
 from sidecar.headers import DEPLOYMENT_HEADER, is_json
 from sidecar.origin import UpstreamError
-from sidecar.redact import redact, redact_text
+from sidecar.redact import redact
 
 INVALID_REQUEST = "invalid_request_error"
 AUTHENTICATION = "authentication_error"
@@ -209,8 +209,9 @@ def clean_error(
 ) -> tuple[list[tuple[str, str]], bytes]:
     """An upstream's error reply as it may reach the client: its body decoded when it came
     gzip- or deflate-compressed (the key check must see the text; it then goes uncompressed)
-    and the deployment's keys blanked out, in its body and its header fields. GatewayError, in the OpenAI shape with the same
-    status, for a reply we cannot read (br, zstd, over MAX_ERROR_BODY) or that is not JSON."""
+    and the deployment's keys blanked out of it (`headers` come so from reply_headers, which
+    does it for every reply). GatewayError, in the OpenAI shape with the same status, for a
+    reply we cannot read (br, zstd, over MAX_ERROR_BODY) or that is not JSON."""
     encoding = next((v for k, v in headers if k.lower() == "content-encoding"), "")
     plain = _decoded(body, encoding.strip().lower()) if len(body) <= MAX_ERROR_BODY else None
     if plain is None:
@@ -223,7 +224,6 @@ def clean_error(
             headers={DEPLOYMENT_HEADER: deployment},
         )
     plain = redact(plain, secrets)
-    headers = [(k, redact_text(v, secrets)) for k, v in headers]  # an echoed key, in a field
     if encoding:
         headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
     content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
