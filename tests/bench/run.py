@@ -191,23 +191,27 @@ general_settings:
     return target
 
 
-def start_nginx(work: Path, upstream: int) -> Target | None:
-    nginx = shutil.which("nginx") or (
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
     )
-    if nginx is None:
-        print("bench: nginx not installed (apt-get install nginx-light): its columns are skipped")
-        return None
-    port = free_port()
-    conf = work / "nginx.conf"
-    temp = work / "nginx-temp"
+
+
+def run_nginx(
+    nginx: str, work: Path, name: str, cpu: str, port: int, http: str
+) -> subprocess.Popen[bytes]:
+    """One nginx worker pinned to `cpu`, its files named `name` in `work`, serving the `http`
+    block's directives (servers, upstreams) beside the settings every nginx here shares; it
+    returns once /health/readiness answers on `port`."""
+    conf = work / f"{name}.conf"
+    temp = work / f"{name}-temp"
     temp.mkdir(exist_ok=True)
     conf.write_text(
         f"""
 worker_processes 1;
 daemon off;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
+pid {work}/{name}.pid;
+error_log {work}/{name}-error.log warn;
 {"user root;" if os.geteuid() == 0 else ""}
 worker_rlimit_nofile {resource.getrlimit(resource.RLIMIT_NOFILE)[1]};
 events {{ worker_connections 30000; }}
@@ -215,6 +219,26 @@ http {{
     access_log off;
     client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy;
     fastcgi_temp_path {temp}/fcgi; uwsgi_temp_path {temp}/uwsgi; scgi_temp_path {temp}/scgi;
+{http}
+}}
+"""
+    )
+    proc = subprocess.Popen(
+        pinned(cpu, [nginx, "-c", str(conf), "-p", str(work)]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_http(port, "/health/readiness")
+    return proc
+
+
+def start_nginx(work: Path, upstream: int) -> Target | None:
+    nginx = nginx_binary()
+    if nginx is None:
+        print("bench: nginx not installed (apt-get install nginx-light): its columns are skipped")
+        return None
+    port = free_port()
+    http = f"""
     upstream llm {{ server 127.0.0.1:{upstream}; keepalive 512; }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
@@ -226,16 +250,8 @@ http {{
             proxy_read_timeout 600s;
         }}
         location = /health/readiness {{ return 200 "ok"; }}
-    }}
-}}
-"""
-    )
-    proc = subprocess.Popen(
-        pinned(PROXY_CPU, [nginx, "-c", str(conf), "-p", str(work)]),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_http(port, "/health/readiness")
+    }}"""
+    proc = run_nginx(nginx, work, "nginx", PROXY_CPU, port, http)
     time.sleep(0.3)
     return Target("nginx", port, proc, idle_rss_kib=status_kib(proc.pid, "VmRSS"))
 
@@ -268,44 +284,24 @@ CANNED_SCENARIOS = ("chat", "embeddings", "latency")
 def start_canned(work: Path) -> Target:
     """nginx itself as the upstream, answering canned JSON (chat and embeddings, never a
     stream): it lifts the ceiling the Python fake upstream puts on requests/s."""
+    nginx = nginx_binary()
+    if nginx is None:
+        raise SystemExit("bench: --upstream canned needs nginx (apt-get install nginx-light)")
     port = free_port()
-    conf = work / "canned.conf"
-    temp = work / "canned-temp"
-    temp.mkdir(exist_ok=True)
     # Static files answer a POST with 405; error_page turns that into the file, with 200.
     root = work / "canned"
     (root / "v1" / "chat").mkdir(parents=True, exist_ok=True)
     (root / "v1" / "chat" / "completions").write_text(json.dumps(CANNED_CHAT))
     (root / "v1" / "embeddings").write_text(json.dumps(CANNED_EMBEDDING))
-    conf.write_text(
-        f"""
-worker_processes 1;
-daemon off;
-pid {work}/canned.pid;
-error_log {work}/canned-error.log warn;
-{"user root;" if os.geteuid() == 0 else ""}
-events {{ worker_connections 30000; }}
-http {{
-    access_log off;
-    client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fcgi; uwsgi_temp_path {temp}/uwsgi; scgi_temp_path {temp}/scgi;
+    http = f"""
     keepalive_requests 1000000;
     open_file_cache max=16;
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location /v1/ {{ root {root}; default_type application/json; error_page 405 =200 $uri; }}
         location = /health/readiness {{ return 200 'ok'; }}
-    }}
-}}
-"""
-    )
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    proc = subprocess.Popen(
-        pinned(LOAD_CPU, [nginx, "-c", str(conf), "-p", str(work)]),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_http(port, "/health/readiness")
+    }}"""
+    proc = run_nginx(nginx, work, "canned", LOAD_CPU, port, http)
     return Target("direct", port, proc, is_proxy=False)
 
 
