@@ -9,6 +9,12 @@ if auth and auth ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. auth
 end
 
+-- $BENCH_DELAY_MS: a pause before each request, so that the load is paced (scenario g).
+local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "")
+if pause then
+  delay = function() return pause end
+end
+
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

@@ -61,7 +61,12 @@ SCENARIOS = {
         64,
     ),
     "latency": ("(d) chat, 1 connection", "/v1/chat/completions", CHAT_BODY, 1),
+    "paced": ("(g) chat, 64 conn., paced", "/v1/chat/completions", CHAT_BODY, 64),
 }
+# Requests/s offered in (g): every target gets the same load, below what any of them saturates
+# at, so their CPU per request compares like with like. Under (a)'s saturating load nginx serves
+# several times the sidecar's requests per wake-up, which lowers its cost per request.
+PACED_RATE = 4000
 # (f) is run by tests/bench/tokens.py, not wrk: its label only.
 TOKENS_LABEL = "(f) token streams, one write per event"
 
@@ -191,6 +196,19 @@ general_settings:
     return target
 
 
+def start_floor(upstream: int) -> Target:
+    """The floor (tests/bench/floor.py): the sidecar's own protocols and pool, no features."""
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.bench.floor", "--port", str(port)]
+    argv += ["--upstream", str(upstream)]
+    proc = subprocess.Popen(pinned(PROXY_CPU, argv), cwd=ROOT)
+    wait_http(port, "/health/readiness")
+    target = Target("floor", port, proc)
+    time.sleep(0.5)
+    target.idle_rss_kib = status_kib(proc.pid, "VmRSS")
+    return target
+
+
 def nginx_binary() -> str | None:
     return shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
@@ -278,7 +296,7 @@ CANNED_EMBEDDING = {
 }
 
 
-CANNED_SCENARIOS = ("chat", "embeddings", "latency")
+CANNED_SCENARIOS = ("chat", "embeddings", "latency", "paced")
 
 
 def start_canned(work: Path) -> Target:
@@ -306,11 +324,22 @@ def start_canned(work: Path) -> Target:
 
 
 def wrk(
-    port: int, path: str, body: dict[str, object], connections: int, seconds: float, work: Path
+    port: int,
+    path: str,
+    body: dict[str, object],
+    connections: int,
+    seconds: float,
+    work: Path,
+    rate: int = 0,
 ) -> dict[str, int]:
+    """wrk's figures; with `rate`, each connection waits between requests so that together
+    they offer about `rate` requests/s (a closed loop: the wait is not shortened by a slow
+    reply, so a target that cannot keep up shows it as fewer requests/s)."""
     body_file = work / "body.json"
     body_file.write_text(json.dumps(body))
     env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_AUTH": KEY}
+    if rate:
+        env["BENCH_DELAY_MS"] = f"{connections * 1000 / rate:.3f}"
     out = subprocess.run(
         pinned(
             LOAD_CPU,
@@ -337,12 +366,13 @@ def wrk(
 
 def measure(target: Target, scenario: str, seconds: float, work: Path, upstream: Target) -> Result:
     _, path, body, connections = SCENARIOS[scenario]
-    wrk(target.port, path, body, connections, min(2.0, seconds), work)  # warm-up, not counted
+    rate = PACED_RATE if scenario == "paced" else 0
+    wrk(target.port, path, body, connections, min(2.0, seconds), work, rate)  # warm-up
     watched = target if target.is_proxy else upstream
     assert watched.proc is not None
     reset_peak(watched.proc.pid)
     cpu_before = cpu_seconds(watched.proc.pid)
-    got = wrk(target.port, path, body, connections, seconds, work)
+    got = wrk(target.port, path, body, connections, seconds, work, rate)
     cpu = cpu_seconds(watched.proc.pid) - cpu_before
     requests = max(got["requests"], 1)
     return Result(
@@ -449,6 +479,8 @@ def table(results: dict[str, dict[str, Result]], targets: list[Target]) -> str:
     ]
     for scenario, by_target in results.items():
         label = SCENARIOS[scenario][0] if scenario in SCENARIOS else scenario
+        if scenario == "paced":
+            label += f" ({PACED_RATE:,} requests/s offered)"
         if scenario == "tokens":
             label = TOKENS_LABEL
         nginx = by_target.get("nginx")
@@ -457,6 +489,8 @@ def table(results: dict[str, dict[str, Result]], targets: list[Target]) -> str:
             if r is None:
                 continue
             ratio = f"{r.rps / nginx.rps:.2f}×" if nginx and nginx.rps and name != "nginx" else ""
+            if ratio and r.cpu_us and nginx is not None and nginx.cpu_us:
+                ratio = f"CPU {r.cpu_us / nginx.cpu_us:.2f}×, requests/s {ratio}"
             if scenario == "latency" and name != "direct" and "direct" in by_target:
                 added = r.p50_ms - by_target["direct"].p50_ms
                 added_nginx = nginx.p50_ms - by_target["direct"].p50_ms if nginx else None
@@ -519,14 +553,15 @@ def main() -> int:
     default_streams = min(10_000, (hard - 200) // 2)
     parser.add_argument("--streams", type=int, default=default_streams, help="open streams for (e)")
     parser.add_argument("--hold", type=float, default=30.0, help="seconds each stream is held open")
-    parser.add_argument("--only", default="chat,stream,embeddings,latency,tokens,streams")
+    parser.add_argument("--only", default="chat,stream,embeddings,latency,paced,tokens,streams")
     parser.add_argument("--token-streams", type=int, default=256, help="concurrent streams for (f)")
     parser.add_argument("--token-events", type=int, default=100, help="events per stream in (f)")
     parser.add_argument("--token-pace", type=float, default=0.02, help="seconds between events")
     parser.add_argument(
         "--targets",
-        default="direct,nginx,sidecar,workers",
-        help="workers: the sidecar with --workers 2, for (a) chat only",
+        default="direct,nginx,sidecar,workers,floor",
+        help="workers: the sidecar with --workers 2, for (a) chat only; floor: the sidecar's "
+        "own protocols and pool with no feature (tests/bench/floor.py)",
     )
     parser.add_argument(
         "--upstream",
@@ -578,6 +613,8 @@ def main() -> int:
                 targets.append(start_sidecar(work, up_port))
             if "workers" in wanted:
                 targets.append(start_sidecar(work, up_port, workers=2))
+            if "floor" in wanted:
+                targets.append(start_floor(up_port))
             results: dict[str, dict[str, Result]] = {}
             for scenario in args.only.split(","):
                 results[scenario] = {}
@@ -589,7 +626,7 @@ def main() -> int:
                             target, upstream, args.token_streams, args.token_events, args.token_pace
                         )
                     elif scenario == "streams":
-                        if target.is_proxy:
+                        if target.is_proxy and target.name != "floor":
                             results[scenario][target.name] = hold_streams(
                                 target, args.streams, args.hold, work
                             )
