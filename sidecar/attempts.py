@@ -24,9 +24,11 @@ from sidecar.metrics import Metrics
 from sidecar.origin import UpstreamError
 from sidecar.outcome import Outcome
 from sidecar.router import ERROR as ERROR_CAUSE
-from sidecar.router import FAILED_ANSWER, Router
+from sidecar.router import FAILED_ANSWER, Blocked, Router
 from sidecar.router import RATE_LIMIT as RATE_LIMIT_CAUSE
 from sidecar.routes import Endpoint
+from sidecar.shared.link import RedisDown
+from sidecar.shared.sync import Sync
 from sidecar.state import State
 from sidecar.table import Group, Match
 from sidecar.upstream import Pool
@@ -41,6 +43,7 @@ class Attempts:
         self.router = router
         self.pool = pool
         self.metrics = metrics
+        self.sync: Sync | None = None  # shared state; with sync_interval 0 Redis admits
 
     async def run(
         self,
@@ -86,6 +89,14 @@ class Attempts:
                     else:
                         last.retry_hint = blocked.retry_after  # what went wrong, and a wait
                     break
+                if self.sync is not None and self.sync.ledger.exact and _limited(deployment):
+                    refused = await self._admit_exact(self.sync, deployment, tokens, settings)
+                    if refused is not None:
+                        tried.add(deployment.id)
+                        spent.add(deployment.id)
+                        if last is None or (last.error is not None and last.error.status == 429):
+                            last = Failure.of_block(Blocked(429, refused), group.name)
+                        continue
                 if budget is None:
                     retries = deployment.max_retries
                     budget = 1 + (settings.num_retries if retries is None else retries)
@@ -190,10 +201,30 @@ class Attempts:
         assert last is not None
         reply.send_answer(last.answer(outcome.attempts))
 
+    async def _admit_exact(
+        self, sync: Sync, deployment: Deployment, tokens: int, settings: Any
+    ) -> float | None:
+        """sync_interval 0: Redis admits against the deployment's rpm/tpm, exactly. The
+        seconds until it may take a request when it refuses; None when admitted, or when
+        Redis is away (the router's local view chose it: that is the fallback)."""
+        if not settings.enable_pre_call_checks:
+            return None
+        try:
+            refused = await sync.admit(
+                f"deployment:{deployment.id}", deployment.rpm, deployment.tpm, tokens
+            )
+        except RedisDown:
+            return None
+        return None if refused is None else refused[0]
+
     def _failed(self, deployment: Deployment, cause: str, group: Group) -> None:
         if self.router.failed(deployment, cause, len(group.deployments)):
             self.metrics.cooldown(deployment.id)
             log.warning("deployment %s cools down after repeated failures", deployment.id)
+
+
+def _limited(d: Deployment) -> bool:
+    return d.rpm is not None or d.tpm is not None
 
 
 async def _mock(

@@ -27,4 +27,18 @@ def describe(config: Config) -> str:
         lines.append(
             f"key {client.name}: {auth.fingerprint(client.digest)}, " + ", ".join([models, *limits])
         )
+    shared = config.shared
+    if shared is None:
+        lines.append("shared state: none (each process counts its own limits)")
+    else:
+        every = (
+            "every admission asks Redis"
+            if shared.sync_interval == 0
+            else f"synced every {shared.sync_interval:g} s"
+        )
+        auth_note = ", with a password" if shared.password else ""
+        lines.append(
+            f"shared state: {shared.target}{auth_note}, namespace {shared.namespace}, {every}, "
+            f"on Redis down: {shared.on_redis_down}"
+        )
     return "\n".join(lines)

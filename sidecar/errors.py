@@ -106,6 +106,17 @@ def rate_limited(key: str, what: str, retry_after: float) -> GatewayError:
     )
 
 
+def shared_state_down() -> GatewayError:
+    """on_redis_down: deny, while Redis is away: a shared limit cannot be counted."""
+    return GatewayError(
+        503,
+        "The gateway cannot reach the shared state its limits are counted in; retry shortly.",
+        UNAVAILABLE,
+        "shared_state_unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
 def model_not_found(model: str) -> GatewayError:
     return GatewayError(
         404,

@@ -7,22 +7,34 @@ from collections.abc import Callable
 
 from sidecar import errors
 from sidecar.auth import ClientKey
+from sidecar.shared.ledger import Ledger, SharedWindow
 from sidecar.window import Window
 
 
 class KeyLimits:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self.windows: dict[str, Window] = {}  # by key name: survives reloads
+        self.windows: dict[str, Window | SharedWindow] = {}  # by key name: survives reloads
+        self.shared: Ledger | None = None  # shared state (Redis): the counts are everyone's
+
+    def window(self, key: ClientKey) -> Window | SharedWindow:
+        window = self.windows.get(key.name)
+        if window is None:
+            if self.shared is not None:
+                window = self.shared.window(f"key:{key.name}")
+            else:
+                window = Window(start=self.clock())
+            self.windows[key.name] = window
+        return window
 
     def admit(self, key: ClientKey, tokens: int) -> None:
         """Count a request of `tokens` (an estimate) against the key, or raise its 429."""
         if key.rpm is None and key.tpm is None:
             return
+        if self.shared is not None and self.shared.denying:
+            raise errors.shared_state_down()
         now = self.clock()
-        window = self.windows.get(key.name)
-        if window is None:
-            window = self.windows[key.name] = Window(start=now)
+        window = self.window(key)
         if window.full(now, key.rpm, key.tpm):
             what = (
                 "requests-per-minute"
@@ -31,6 +43,10 @@ class KeyLimits:
             )
             raise errors.rate_limited(key.name, what, window.wait(now))
         window.add(now, 1, tokens)
+
+    def counted(self, key: ClientKey, tokens: int) -> None:
+        """A request Redis admitted itself (sync_interval 0): recorded, not checked again."""
+        self.window(key).add(self.clock(), 1, tokens)
 
     def used(self, key: ClientKey, correction: int) -> None:
         """Replace the estimate by what the upstream counted, once it has."""

@@ -7,10 +7,17 @@ public API (the README lists them); labels carry only configured names, never cl
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Protocol
 
 from sidecar.histogram import Histogram
 
 UNKNOWN = ""  # the model label of a request that named no configured model
+
+
+class SharedView(Protocol):
+    """What /metrics shows of shared state (shared.sync.Sync)."""
+
+    def gauges(self) -> tuple[bool, float | None, int]: ...  # up, sync age, live instances
 
 
 class Metrics:
@@ -27,6 +34,7 @@ class Metrics:
         self.duration = Histogram()  # by endpoint and model group
         self.ttfb = Histogram()  # by deployment
         self.tokens: defaultdict[tuple[str, str], int] = defaultdict(int)  # (model, kind)
+        self.shared: SharedView | None = None  # set when a Redis is configured
 
     def usage(self, model: str, prompt: int, completion: int) -> None:
         self.tokens[(model, "prompt")] += prompt
@@ -116,7 +124,28 @@ class Metrics:
             f"sidecar_cooldowns_total{{{_labels(deployment=d)}}} {n}"
             for d, n in self.cooldowns.items()
         ]
+        if self.shared is not None:
+            lines += _shared(self.shared)
         return ("\n".join(lines) + "\n").encode()
+
+
+def _shared(view: SharedView) -> list[str]:
+    up, age, instances = view.gauges()
+    lines = [
+        "# HELP sidecar_redis_up Whether the last sync with the shared state's Redis succeeded.",
+        "# TYPE sidecar_redis_up gauge",
+        f"sidecar_redis_up {int(up)}",
+        "# HELP sidecar_shared_state_instances Live instances sharing the state, as of the last sync.",
+        "# TYPE sidecar_shared_state_instances gauge",
+        f"sidecar_shared_state_instances {instances}",
+    ]
+    if age is not None:
+        lines += [
+            "# HELP sidecar_shared_state_sync_age_seconds Seconds since the last good sync with Redis.",
+            "# TYPE sidecar_shared_state_sync_age_seconds gauge",
+            f"sidecar_shared_state_sync_age_seconds {age:.3f}",
+        ]
+    return lines
 
 
 def _histogram(

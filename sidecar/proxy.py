@@ -23,6 +23,9 @@ from sidecar.metrics import Metrics
 from sidecar.outcome import Outcome, record
 from sidecar.router import Router
 from sidecar.routes import MODEL_ENDPOINTS, Endpoint, RouteError, match, model_id
+from sidecar.shared.ledger import Ledger
+from sidecar.shared.link import RedisDown
+from sidecar.shared.sync import Sync
 from sidecar.state import State
 from sidecar.upstream import Pool
 
@@ -41,7 +44,12 @@ TEXT = (("Content-Type", "text/plain; charset=utf-8"),)
 
 class Gateway:
     def __init__(
-        self, config: Config, pool: Pool, metrics: Metrics, access_log: AccessLog | None = None
+        self,
+        config: Config,
+        pool: Pool,
+        metrics: Metrics,
+        access_log: AccessLog | None = None,
+        shared: Ledger | None = None,
     ) -> None:
         self.pool = pool
         self.metrics = metrics
@@ -49,7 +57,10 @@ class Gateway:
         self.draining = False
         self.router = Router(config.router)
         self.limits = KeyLimits()
+        self.router.shared = self.limits.shared = shared
+        self.sync: Sync | None = None  # shared state's sync, once started (server.start)
         self.attempts = Attempts(self.router, pool, metrics)
+        self.watched: tuple[str, ...] = ()
         self.reload(config)
 
     def reload(self, config: Config) -> None:
@@ -58,6 +69,24 @@ class Gateway:
             self.pool.tls_context()  # now, rather than on the first request
         self.router.settings = config.router  # what it learnt of each deployment stays
         self.state = State.of(config)
+        if self.limits.shared is not None:
+            self._share(config)
+
+    def _share(self, config: Config) -> None:
+        """Make the shared counters of this table known to the sync before any request needs
+        them, so that the first admissions already see the other instances' counts."""
+        for key in config.keys:
+            if key.rpm is not None or key.tpm is not None:
+                self.limits.window(key)
+        if config.router.enable_pre_call_checks:
+            for d in config.deployments:
+                if d.rpm is not None or d.tpm is not None:
+                    self.router.of(d)
+        # Cooldowns happen only in groups of two or more (router.failed): those are shared.
+        sizes: dict[str, int] = {}
+        for d in config.deployments:
+            sizes[d.group] = sizes.get(d.group, 0) + 1
+        self.watched = tuple(d.id for d in config.deployments if sizes[d.group] > 1)
 
     async def handle(self, request: Request, reply: Responder) -> None:
         # The raw path: routes are plain ASCII, and decoding it into a URL object per request
@@ -196,7 +225,11 @@ class Gateway:
                 headers={"Retry-After": "1"},
             )
         estimate = len(raw) // 4  # tokens, until the reply's usage says
-        self.limits.admit(key, estimate)
+        sync = self.sync
+        if sync is not None and sync.ledger.exact and (key.rpm is not None or key.tpm is not None):
+            await self._admit_exact(sync, key, estimate)
+        else:
+            self.limits.admit(key, estimate)
         outcome.tokens = estimate
         try:
             await self.attempts.run(
@@ -204,6 +237,19 @@ class Gateway:
             )
         finally:
             self.limits.used(key, outcome.tokens - estimate)
+
+    async def _admit_exact(self, sync: Sync, key: auth.ClientKey, estimate: int) -> None:
+        """sync_interval 0: Redis admits, exactly; when it is away, the fallback does."""
+        try:
+            refused = await sync.admit(f"key:{key.name}", key.rpm, key.tpm, estimate)
+        except RedisDown:
+            self.limits.admit(key, estimate)
+            return
+        if refused is not None:
+            wait, limit = refused
+            what = "requests-per-minute" if limit == "rpm" else "tokens-per-minute"
+            raise errors.rate_limited(key.name, what, wait)
+        self.limits.counted(key, estimate)
 
 
 def _failure(reply: Responder, failure: errors.GatewayError) -> None:

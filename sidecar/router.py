@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from sidecar.config import RouterSettings
 from sidecar.deployment import Deployment
+from sidecar.shared.ledger import Ledger, SharedWindow
 from sidecar.table import Group
 from sidecar.window import Window
 
@@ -37,7 +38,7 @@ class Health:
     cooling_until: float = 0.0
     cooling_cause: str = ""
     ttfb: float | None = None  # smoothed seconds to the reply's head; None before a sample
-    usage: Window = field(default_factory=Window)  # for rpm/tpm limits
+    usage: Window | SharedWindow = field(default_factory=Window)  # for rpm/tpm limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +60,21 @@ class Router:
         self.clock = clock
         self.draw = draw
         self.health: dict[str, Health] = {}
+        # Shared state (Redis): the counts of limited deployments are everyone's, and the
+        # cooldowns this router enters are told to `on_cooldown` (deployment, seconds, cause).
+        self.shared: Ledger | None = None
+        self.on_cooldown: Callable[[str, float, str], None] | None = None
 
     def of(self, deployment: Deployment) -> Health:
         health = self.health.get(deployment.id)
         if health is None:
-            health = self.health[deployment.id] = Health(usage=Window(start=self.clock()))
+            d = deployment
+            usage: Window | SharedWindow
+            if self.shared is not None and (d.rpm is not None or d.tpm is not None):
+                usage = self.shared.window(f"deployment:{d.id}")
+            else:
+                usage = Window(start=self.clock())
+            health = self.health[d.id] = Health(usage=usage)
         return health
 
     # Availability.
@@ -71,6 +82,8 @@ class Router:
     def _limited(self, d: Deployment, health: Health, now: float) -> bool:
         if not self.settings.enable_pre_call_checks or (d.rpm is None and d.tpm is None):
             return False
+        if self.shared is not None and self.shared.denying:
+            return True  # Redis is away and on_redis_down is deny
         return health.usage.full(now, d.rpm, d.tpm)
 
     def available(self, d: Deployment, now: float) -> bool:
@@ -160,7 +173,8 @@ class Router:
             elif self._limited(d, health, now):
                 waits.append(health.usage.wait(now))
                 limited += 1
-        status = 429 if waits and limited == len(waits) else 503
+        denied = self.shared is not None and self.shared.denying
+        status = 429 if waits and limited == len(waits) and not denied else 503
         return Blocked(status, min(waits) if waits else 1.0)
 
     # What happened.
@@ -200,7 +214,19 @@ class Router:
         failures.clear()
         health.cooling_until = now + self.settings.cooldown_time
         health.cooling_cause = cause
+        if self.on_cooldown is not None:
+            self.on_cooldown(d.id, self.settings.cooldown_time, cause)
         return True
+
+    def cool(self, deployment_id: str, seconds: float, cause: str) -> None:
+        """A cooldown another instance entered (shared state): skip the deployment as long."""
+        health = self.health.get(deployment_id)
+        if health is None:
+            health = self.health[deployment_id] = Health(usage=Window(start=self.clock()))
+        until = self.clock() + seconds
+        if until > health.cooling_until:
+            health.cooling_until = until
+            health.cooling_cause = cause
 
 
 def _weight(d: Deployment) -> float:

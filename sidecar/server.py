@@ -18,6 +18,8 @@ from sidecar.deployment import ConfigError
 from sidecar.http.server import Listener
 from sidecar.metrics import Metrics, NoMetrics
 from sidecar.proxy import Gateway
+from sidecar.shared.ledger import Ledger
+from sidecar.shared.sync import Sync
 from sidecar.upstream import Pool
 
 log = logging.getLogger("sidecar")
@@ -41,6 +43,8 @@ class Running:
         await self.gateway.pool.close()
         if self.admin is not None:
             await self.admin.close(ADMIN_DRAIN)
+        if self.gateway.sync is not None:
+            await self.gateway.sync.stop()
         self.gateway.access_log.flush()
 
 
@@ -56,7 +60,10 @@ async def start(
     """Listen and serve; `admin_port` (else sidecar_settings.admin_port) adds the admin listener."""
     pool = Pool()
     metrics = Metrics() if config.server.metrics else NoMetrics()
-    gateway = Gateway(config, pool, metrics, AccessLog(enabled=config.server.access_log))
+    ledger = Ledger(config.shared) if config.shared is not None else None
+    gateway = Gateway(config, pool, metrics, AccessLog(enabled=config.server.access_log), ledger)
+    if ledger is not None:
+        await _share(gateway, ledger)
 
     def limits() -> tuple[int, float]:
         # Read per request, so that a reload can change them.
@@ -86,8 +93,23 @@ async def start(
         if admin is not None:
             await admin.close(0)
         await pool.close()
+        if gateway.sync is not None:
+            await gateway.sync.stop()
         raise
     return Running(gateway, listener, bound, admin, admin_port)
+
+
+async def _share(gateway: Gateway, ledger: Ledger) -> None:
+    """Shared state on Redis: the sync started, and told to the parts that count and cool."""
+    from sidecar.shared.link import Link  # imports redis: only when a Redis is configured
+
+    sync = Sync(ledger, Link(ledger.settings), lambda: gateway.watched, gateway.router.cool)
+    gateway.router.on_cooldown = sync.publish
+    gateway.sync = gateway.attempts.sync = sync
+    gateway.metrics.shared = sync
+    await sync.start()
+    if not ledger.up:
+        log.warning("shared state: serving without Redis for now; the sync keeps trying")
 
 
 def reload(running: Running, path: str, announce: bool = True) -> bool:

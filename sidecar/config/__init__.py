@@ -20,6 +20,7 @@ from sidecar.auth import ClientKey
 from sidecar.config.keys import all_keys
 from sidecar.config.model_list import check_fallbacks, deployment_of
 from sidecar.config.router_settings import ROUTING_STRATEGIES, RouterSettings, router_settings
+from sidecar.config.shared_state import REDIS_KEYS, SharedSettings, shared_settings
 from sidecar.config.sidecar_settings import (
     ServerSettings,
     restart_needed,
@@ -35,6 +36,7 @@ __all__ = [
     "ConfigError",
     "RouterSettings",
     "ServerSettings",
+    "SharedSettings",
     "load",
     "parse",
     "restart_needed",
@@ -77,6 +79,7 @@ class Config:
     router: RouterSettings
     server: ServerSettings
     warnings: tuple[str, ...]
+    shared: SharedSettings | None = None  # None: no Redis, every process counts alone
 
 
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -135,9 +138,12 @@ def parse(raw: Any, name: str, environ: Mapping[str, str]) -> Config:
         },
     }
 
-    router = router_settings(mapping(raw.get("router_settings"), "router_settings"), warnings)
+    routing = dict(mapping(raw.get("router_settings"), "router_settings"))
+    redis = {k: routing.pop(k) for k in REDIS_KEYS if k in routing}
+    router = router_settings(routing, warnings)
     general = mapping(raw.get("general_settings"), "general_settings")
     sidecar_settings = dict(mapping(raw.get("sidecar_settings"), "sidecar_settings"))
+    shared = shared_settings(redis, sidecar_settings.pop("shared_state", None), env)
     keys = all_keys(general, sidecar_settings.pop("keys", None), env, warnings)
     server = server_settings(sidecar_settings)
 
@@ -156,4 +162,4 @@ def parse(raw: Any, name: str, environ: Mapping[str, str]) -> Config:
                 f"'{d.id}' is already the id of model_list[{seen[d.id]}]",
             )
         seen[d.id] = i
-    return Config(name, deployments, tuple(keys), router, server, tuple(warnings))
+    return Config(name, deployments, tuple(keys), router, server, tuple(warnings), shared)

@@ -91,6 +91,12 @@ class Tally:
         self.cur.pending.add(requests, tokens)
         self.cur.own.add(requests, tokens)
 
+    def add_own(self, wall: float, requests: int, tokens: int) -> None:
+        """Ours, already counted in Redis (an exact admission): for the local fallback only."""
+        self.roll(wall)
+        self.cur.own.add(requests, tokens)
+        self.cur.synced.add(requests, tokens)  # until the next sync says what Redis holds
+
     def wait(self, wall: float) -> float:
         """Seconds until this minute ends, when the estimate drops."""
         self.roll(wall)

@@ -1,0 +1,1 @@
+"""Shared state across processes and replicas, on Redis (SPEC section 6)."""

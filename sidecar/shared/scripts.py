@@ -1,0 +1,110 @@
+"""The two Lua scripts the sidecar runs in Redis: one sync per interval, one exact admission.
+
+Keys, under the namespace `ns`:
+- `{ns}:w:{counter}:{minute}`: a hash of requests (`r`) and tokens (`t`) counted in that minute
+  of Redis's clock by every instance; it expires after three minutes;
+- `{ns}:cool:{deployment}`: a deployment cooling down, its value the cause, its TTL the rest;
+- `{ns}:instances`: a sorted set of live instances, each scored by its last heartbeat (ms).
+
+Both scripts read Redis's own TIME, so that every instance counts the same minutes. Scripts
+name their keys in ARGV, not KEYS: they serve one Redis (or a primary with replicas), not a
+cluster, where the keys of one sync would span slots.
+"""
+
+from __future__ import annotations
+
+# ARGV: ns, instance, heartbeat_ms,
+#   n_deltas, (counter, minute, requests, tokens) * n_deltas,
+#   n_reads, counter * n_reads,
+#   n_cool, (deployment, ms, cause) * n_cool,      -- cooldowns this instance entered
+#   n_watch, deployment * n_watch                   -- cooldowns to read
+# Returns: seconds, microseconds, live instances,
+#   (requests, tokens, last minute's requests, last minute's tokens) * n_reads,
+#   (remaining ms or -2, cause) * n_watch
+SYNC = """
+local ns = ARGV[1]
+local time = redis.call('TIME')
+local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local minute = math.floor(tonumber(time[1]) / 60)
+local i = 5
+for _ = 1, tonumber(ARGV[4]) do
+  local key = ns .. ':w:' .. ARGV[i] .. ':' .. ARGV[i + 1]
+  redis.call('HINCRBY', key, 'r', ARGV[i + 2])
+  redis.call('HINCRBY', key, 't', ARGV[i + 3])
+  redis.call('PEXPIRE', key, 180000)
+  i = i + 4
+end
+local members = ns .. ':instances'
+local heartbeat = tonumber(ARGV[3])
+redis.call('ZADD', members, now_ms, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', members, '-inf', now_ms - heartbeat)
+redis.call('PEXPIRE', members, heartbeat * 2)
+local out = {time[1], time[2], redis.call('ZCARD', members)}
+local reads = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, reads do
+  local stem = ns .. ':w:' .. ARGV[i] .. ':'
+  local now = redis.call('HMGET', stem .. minute, 'r', 't')
+  local last = redis.call('HMGET', stem .. (minute - 1), 'r', 't')
+  out[#out + 1] = tonumber(now[1]) or 0
+  out[#out + 1] = tonumber(now[2]) or 0
+  out[#out + 1] = tonumber(last[1]) or 0
+  out[#out + 1] = tonumber(last[2]) or 0
+  i = i + 1
+end
+local cool = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, cool do
+  local key = ns .. ':cool:' .. ARGV[i]
+  if redis.call('PTTL', key) < tonumber(ARGV[i + 1]) then
+    redis.call('SET', key, ARGV[i + 2], 'PX', ARGV[i + 1])
+  end
+  i = i + 3
+end
+local watch = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, watch do
+  local key = ns .. ':cool:' .. ARGV[i]
+  local ttl = redis.call('PTTL', key)
+  out[#out + 1] = ttl
+  out[#out + 1] = ttl > 0 and (redis.call('GET', key) or '') or ''
+  i = i + 1
+end
+return out
+"""
+
+# ARGV: ns, tokens, n, (counter, rpm or -1, tpm or -1) * n
+# Admits a request against every counter at once, or against none. Returns {1} when admitted,
+# else {0, ms until the minute ends, index of the counter that is full (1-based), 1 when its
+# rpm is the limit reached or 2 when its tpm is}.
+ADMIT = """
+local ns = ARGV[1]
+local tokens = tonumber(ARGV[2])
+local time = redis.call('TIME')
+local seconds = tonumber(time[1])
+local minute = math.floor(seconds / 60)
+local into = (seconds % 60) + tonumber(time[2]) / 1000000
+local weight = 1 - into / 60
+local n = tonumber(ARGV[3])
+local keys = {}
+for c = 1, n do
+  local at = 4 + (c - 1) * 3
+  local stem = ns .. ':w:' .. ARGV[at] .. ':'
+  local now = redis.call('HMGET', stem .. minute, 'r', 't')
+  local last = redis.call('HMGET', stem .. (minute - 1), 'r', 't')
+  local rpm, tpm = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+  local r = (tonumber(now[1]) or 0) + (tonumber(last[1]) or 0) * weight
+  local t = (tonumber(now[2]) or 0) + (tonumber(last[2]) or 0) * weight
+  if (rpm >= 0 and r >= rpm) or (tpm >= 0 and t >= tpm) then
+    local which = (rpm >= 0 and r >= rpm) and 1 or 2
+    return {0, math.max(1000, math.floor((60 - into) * 1000)), c, which}
+  end
+  keys[c] = stem .. minute
+end
+for c = 1, n do
+  redis.call('HINCRBY', keys[c], 'r', 1)
+  redis.call('HINCRBY', keys[c], 't', tokens)
+  redis.call('PEXPIRE', keys[c], 180000)
+end
+return {1}
+"""
