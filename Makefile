@@ -27,7 +27,16 @@ check: $(STAMP)
 # ~/.cache/sidecar and built once per machine: the first `make test` compiles llama.cpp.
 REAL := PYTHON=$(PYTHON) bash tests/real/cached_venv.sh
 
+# The tests run a real redis-server (Debian's package): installed here when it is missing,
+# with sudo unless this runs as root (as CI does).
+REDIS_SERVER := $(firstword $(wildcard /usr/bin/redis-server /usr/local/bin/redis-server))
+
 test: $(STAMP)
+	@if [ -z "$(REDIS_SERVER)" ] && ! command -v redis-server >/dev/null; then \
+		echo "installing redis-server for the shared-state tests"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; \
+	fi
 	$(BIN)/ruff check sidecar tests
 	$(BIN)/mypy
 	llama="$$($(REAL) llama)" && litellm="$$($(REAL) litellm)" && \

@@ -131,6 +131,8 @@ def reload(running: Running, path: str, announce: bool = True) -> bool:
 
 def warn_restart_needed(old: Config, new: Config) -> None:
     changed = configs.restart_needed(old.server, new.server)
+    if old.shared != new.shared:  # the sync and its Redis connection are made at start
+        changed.append("the shared state (router_settings.redis_*, sidecar_settings.shared_state)")
     if changed:
         log.warning(
             "%s: %s changed; the listeners and workers keep their settings until a restart",

@@ -174,3 +174,26 @@ async def test_single_binary_serves(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert await asyncio.to_thread(proc.wait, 15) == 0
+
+
+def test_the_replicas_share_the_redis_they_are_given(tmp_path: Path) -> None:
+    path = DEPLOY / "k8s" / "replicas-redis.yaml"
+    docs = documents(path)
+    shared = carried_config(docs, tmp_path).shared
+    assert shared is not None
+    service = next(d for d in docs if d["kind"] == "Service" and "redis" in d["metadata"]["name"])
+    assert (shared.host, shared.port) == (
+        service["metadata"]["name"],
+        service["spec"]["ports"][0]["port"],
+    )
+    redis = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == shared.host
+    )
+    (container,) = redis["spec"]["template"]["spec"]["containers"]
+    assert container["args"][:2] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    assert shared.password == secret["stringData"]["REDIS_PASSWORD"]
+    gateway = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] != shared.host
+    )
+    assert gateway["spec"]["replicas"] > 1

@@ -3,7 +3,6 @@ and ours, sidecar_settings.shared_state (namespace, sync_interval, on_redis_down
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,12 +59,14 @@ def shared_settings(
             )
         return None
     path, values = found
-    if importlib.util.find_spec("redis") is None:
+    try:
+        import redis.asyncio  # noqa: F401 - what the sidecar will run on; imported at start anyway
+    except ImportError:
         raise ConfigError(
             path,
             "Redis is configured but the redis package is not installed: "
             "pip install 'sidecar[redis]'",
-        )
+        ) from None
     for key, value in (ours or {}).items():
         at = f"{where}.{key}"
         if key == "namespace":

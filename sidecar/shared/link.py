@@ -46,7 +46,7 @@ class Link:
             client_name="sidecar",
             **tls,
         )
-        self.client = aioredis.Redis(connection_pool=pool)
+        self.client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         self.eval_only = False  # EVALSHA was refused: send the scripts whole
 
     async def run(self, script: str, args: list[Any]) -> Any:

@@ -53,6 +53,7 @@ class Sync:
         self.synced_at: float | None = None  # time.monotonic() of the last good sync
         self.cooling: list[tuple[str, int, str]] = []  # to publish: (deployment, ms, cause)
         self._wake = asyncio.Event()
+        self._one_at_a_time = asyncio.Lock()  # a tick that returns has everything before it sent
         self._task: asyncio.Task[None] | None = None
         self._said_down = False  # the log line for Redis being away has been written
 
@@ -89,6 +90,10 @@ class Sync:
                 log.exception("shared state: sync failed")
 
     async def tick(self) -> None:
+        async with self._one_at_a_time:
+            await self._tick()
+
+    async def _tick(self) -> None:
         ledger = self.ledger
         tallies = list(ledger.tallies.values())
         deltas: list[Any] = []

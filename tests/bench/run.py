@@ -161,25 +161,46 @@ def wait_http(port: int, path: str, limit: float = 10.0) -> float:
         time.sleep(0.005)
 
 
-def start_sidecar(work: Path, upstream: int, workers: int = 1) -> Target:
+def start_sidecar(
+    work: Path, upstream: int, workers: int = 1, limits: bool = False, redis: int | None = None
+) -> Target:
     """The sidecar, one worker pinned to the proxy's CPU; or `workers` processes (--workers N)
-    on every CPU, to show how it scales (then sharing CPU 1 with the load and the upstream)."""
-    config = work / "sidecar.yaml"
-    config.write_text(
-        f"""
+    on every CPU, to show how it scales (then sharing CPU 1 with the load and the upstream).
+    `limits`: the bench's key and deployments get rpm/tpm limits (never reached), counted in
+    the process, or on the Redis at port `redis` (shared state)."""
+    config = work / f"sidecar-{workers}-{limits}-{redis}.yaml"
+    rpm = "      rpm: 1000000000\n" if limits else ""
+    text = f"""
 model_list:
   - model_name: bench
     litellm_params:
       model: hosted_vllm/bench-model
       api_base: http://127.0.0.1:{upstream}/v1
-  - model_name: bench-embed
+{rpm}  - model_name: bench-embed
     litellm_params:
       model: hosted_vllm/bench-embed
       api_base: http://127.0.0.1:{upstream}/v1
+{rpm}"""
+    if limits:
+        text += f"""router_settings:
+  enable_pre_call_checks: true
 general_settings:
-  master_key: {KEY}
+  master_key: sk-bench-unused-master
+sidecar_settings:
+  keys:
+    - name: bench
+      key: {KEY}
+      rpm: 1000000000
+      tpm: 1000000000000
 """
-    )
+        if redis is not None:
+            text = text.replace(
+                "router_settings:\n",
+                f"router_settings:\n  redis_host: 127.0.0.1\n  redis_port: {redis}\n",
+            )
+    else:
+        text += f"general_settings:\n  master_key: {KEY}\n"
+    config.write_text(text)
     port = free_port()
     started = time.perf_counter()
     argv = [sys.executable, "-m", "sidecar", "--config", str(config)]
@@ -190,10 +211,27 @@ general_settings:
     )
     wait_http(port, "/health/readiness")
     name = "sidecar" if workers == 1 else f"sidecar --workers {workers}"
+    if limits:
+        name += " + limits on Redis" if redis is not None else " + limits"
     target = Target(name, port, proc, start_s=time.perf_counter() - started)
     time.sleep(0.5)
     target.idle_rss_kib = status_kib(proc.pid, "VmRSS")
     return target
+
+
+def start_redis(work: Path) -> Target:
+    """redis-server for the shared-state target, on the load's CPU, nothing persisted."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit(
+            "bench: the redis target needs redis-server (apt-get install redis-server)"
+        )
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(work)]
+    proc = subprocess.Popen(pinned(LOAD_CPU, argv), stdout=subprocess.DEVNULL)
+    time.sleep(0.3)
+    return Target("redis-server", port, proc, is_proxy=False)
 
 
 def start_floor(upstream: int) -> Target:
@@ -561,7 +599,9 @@ def main() -> int:
         "--targets",
         default="direct,nginx,sidecar,workers,floor",
         help="workers: the sidecar with --workers 2, for (a) chat only; floor: the sidecar's "
-        "own protocols and pool with no feature (tests/bench/floor.py)",
+        "own protocols and pool with no feature (tests/bench/floor.py); limits: rpm/tpm limits "
+        "on the key and the deployments, counted in the process; redis: the same limits shared "
+        "on a redis-server (limits and redis: chat, stream and paced only)",
     )
     parser.add_argument(
         "--upstream",
@@ -615,12 +655,22 @@ def main() -> int:
                 targets.append(start_sidecar(work, up_port, workers=2))
             if "floor" in wanted:
                 targets.append(start_floor(up_port))
+            if "limits" in wanted:
+                targets.append(start_sidecar(work, up_port, limits=True))
+            if "redis" in wanted:
+                redis = start_redis(work)
+                targets.append(redis)
+                targets.append(start_sidecar(work, up_port, limits=True, redis=redis.port))
             results: dict[str, dict[str, Result]] = {}
             for scenario in args.only.split(","):
                 results[scenario] = {}
                 for target in targets:
                     if target.name.startswith("sidecar --workers") and scenario != "chat":
                         continue  # scaling is shown on (a); the rest compares one core each
+                    if target.name == "redis-server":
+                        continue  # started for the shared-state target, not measured itself
+                    if "limits" in target.name and scenario not in ("chat", "paced", "stream"):
+                        continue  # what limits cost shows on chat
                     if scenario == "tokens":
                         results[scenario][target.name] = token_streams(
                             target, upstream, args.token_streams, args.token_events, args.token_pace
