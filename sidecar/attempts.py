@@ -89,20 +89,11 @@ class Attempts:
                     else:
                         last.retry_hint = blocked.retry_after  # what went wrong, and a wait
                     break
-                if self.sync is not None and self.sync.ledger.exact and _limited(deployment):
-                    refused = await self._admit_exact(self.sync, deployment, tokens, settings)
-                    if refused is not None:
-                        tried.add(deployment.id)
-                        spent.add(deployment.id)
-                        if last is None or (last.error is not None and last.error.status == 429):
-                            last = Failure.of_block(Blocked(429, refused), group.name)
-                        continue
                 if budget is None:
                     retries = deployment.max_retries
                     budget = 1 + (settings.num_retries if retries is None else retries)
                 if budget == 0:
                     break
-                budget -= 1
                 if outcome.attempts:
                     self.metrics.retry(group.name)
                     wait = pause(outcome.attempts, settings)
@@ -110,6 +101,16 @@ class Attempts:
                         # Its own Retry-After, from an earlier attempt of this request.
                         wait = max(wait, retry_at[deployment.id] - time.perf_counter())
                     await asyncio.sleep(wait)
+                if self.sync is not None and self.sync.ledger.exact and _limited(deployment):
+                    # Just before the call: an admission counts in Redis at once.
+                    refused = await self._admit_exact(self.sync, deployment, tokens, settings)
+                    if refused is not None:
+                        tried.add(deployment.id)
+                        spent.add(deployment.id)
+                        if last is None or (last.error is not None and last.error.status == 429):
+                            last = Failure.of_block(Blocked(429, refused), group.name)
+                        continue
+                budget -= 1
                 outcome.attempts += 1
                 outcome.deployment = deployment.id
                 upstream_model = deployment.upstream_model(link.wildcard)

@@ -51,6 +51,8 @@ class Failure:
 
     @classmethod
     def of_block(cls, blocked: Blocked, group: str) -> Failure:
+        if blocked.denied:
+            return cls(errors.shared_state_down())
         wait = max(1, math.ceil(blocked.retry_after))
         why = "rate limits" if blocked.status == 429 else "repeated failures"
         return cls(

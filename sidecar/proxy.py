@@ -81,7 +81,7 @@ class Gateway:
         if config.router.enable_pre_call_checks:
             for d in config.deployments:
                 if d.rpm is not None or d.tpm is not None:
-                    self.router.of(d)
+                    self.router.share(d)
         # Cooldowns happen only in groups of two or more (router.failed): those are shared.
         sizes: dict[str, int] = {}
         for d in config.deployments:

@@ -47,6 +47,7 @@ class Blocked:
 
     status: int  # 429 when rate limits are the cause, else 503
     retry_after: float  # seconds
+    denied: bool = False  # shared limits, Redis away, on_redis_down: deny
 
 
 class Router:
@@ -68,14 +69,20 @@ class Router:
     def of(self, deployment: Deployment) -> Health:
         health = self.health.get(deployment.id)
         if health is None:
-            d = deployment
-            usage: Window | SharedWindow
-            if self.shared is not None and (d.rpm is not None or d.tpm is not None):
-                usage = self.shared.window(f"deployment:{d.id}")
-            else:
-                usage = Window(start=self.clock())
-            health = self.health[d.id] = Health(usage=usage)
+            health = self.health[deployment.id] = Health(usage=self._usage(deployment))
         return health
+
+    def _usage(self, d: Deployment) -> Window | SharedWindow:
+        if self.shared is not None and (d.rpm is not None or d.tpm is not None):
+            return self.shared.window(f"deployment:{d.id}")
+        return Window(start=self.clock())
+
+    def share(self, d: Deployment) -> None:
+        """Count a limited deployment in the shared state, also when it was served before a
+        reload gave it its limit (its counts so far were its own)."""
+        health = self.of(d)
+        if not isinstance(health.usage, SharedWindow):
+            health.usage = self._usage(d)
 
     # Availability.
 
@@ -173,8 +180,9 @@ class Router:
             elif self._limited(d, health, now):
                 waits.append(health.usage.wait(now))
                 limited += 1
-        denied = self.shared is not None and self.shared.denying
-        status = 429 if waits and limited == len(waits) and not denied else 503
+        if self.shared is not None and self.shared.denying and limited:
+            return Blocked(503, 1.0, denied=True)
+        status = 429 if waits and limited == len(waits) else 503
         return Blocked(status, min(waits) if waits else 1.0)
 
     # What happened.

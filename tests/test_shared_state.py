@@ -22,13 +22,14 @@ from pathlib import Path
 import aiohttp
 import openai
 import pytest
+import redis as redis_py
 from aiohttp import web
 
 from sidecar import config as configs
 from sidecar.describe import describe
 from tests.conftest import MakeSidecar, Sidecar
 from tests.fakes import FakeUpstream, Received
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
 from tests.test_cli import eventually, wait_ready
 from tests.test_ops import start, stop
 
@@ -99,6 +100,18 @@ async def call(http: aiohttp.ClientSession, sidecar: Sidecar, key: str = KEY) ->
         await r.read()
         assert time.monotonic() - started < HANG_GUARD
         return r.status
+
+
+def counted(redis: RedisServer, sidecar: Sidecar, counter: str) -> int:
+    """Requests Redis holds for a counter ('key:team', 'deployment:*'), every minute."""
+    sync = sidecar.running.gateway.sync
+    assert sync is not None
+    client = redis_py.Redis(port=redis.port)
+    try:
+        keys = client.scan_iter(f"{sync.namespace}:w:{counter}:*")
+        return sum(int(client.hget(k, "r") or 0) for k in keys)
+    finally:
+        client.close()
 
 
 def chats(upstream: FakeUpstream) -> list[Received]:
@@ -481,6 +494,12 @@ def test_shared_state_settings_and_their_errors(tmp_path: Path) -> None:
     env = load("", {"REDIS_HOST": "e.svc", "REDIS_PORT": "6390", "REDIS_PASSWORD": "pw"}).shared
     assert env is not None and (env.host, env.port, env.password) == ("e.svc", 6390, "pw")
     assert load("", {"REDIS_PASSWORD": "pw"}).shared is None  # a password alone turns nothing on
+    # As LiteLLM reads them: the table's host, the environment's port and password.
+    mixed = load(
+        "router_settings:\n  redis_host: t.svc\n",
+        {"REDIS_PORT": "6391", "REDIS_PASSWORD": "pw", "REDIS_HOST": "e.svc"},
+    ).shared
+    assert mixed is not None and (mixed.host, mixed.port, mixed.password) == ("t.svc", 6391, "pw")
     ours = load(
         "router_settings:\n  redis_host: r\nsidecar_settings:\n  shared_state:\n"
         "    namespace: team-a\n    sync_interval: 0\n    on_redis_down: deny\n"
@@ -497,6 +516,17 @@ def test_shared_state_settings_and_their_errors(tmp_path: Path) -> None:
         ("router_settings:\n  redis_port: 1\n", "router_settings.redis_host"),
         ("router_settings:\n  redis_host: r\n  redis_port: 99999\n", "router_settings.redis_port"),
         ("router_settings:\n  redis_url: http://r\n", "router_settings.redis_url"),
+        ("router_settings:\n  redis_host: r\n  redis_port: 6379.7\n", "router_settings.redis_port"),
+        ("router_settings:\n  redis_url: redis://r:0/0\n", "router_settings.redis_url"),
+        (
+            "router_settings:\n  redis_url: redis://r/99999999999999999999\n",
+            "router_settings.redis_url",
+        ),
+        ("router_settings:\n  redis_host: 'r:6380'\n", "router_settings.redis_host"),
+        (
+            "router_settings:\n  redis_host: r\nsidecar_settings:\n  shared_state:\n    sync_interval: 0.0001\n",
+            "sync_interval",
+        ),
         (
             "router_settings:\n  redis_host: r\nsidecar_settings:\n  shared_state:\n    sync_interval: -1\n",
             "sync_interval",
@@ -542,3 +572,135 @@ def test_without_the_redis_package_a_configured_redis_is_a_clear_error(tmp_path:
     assert done.returncode != 0
     assert "pip install 'sidecar[redis]'" in done.stderr
     assert "router_settings.redis_host" in done.stderr
+
+
+async def test_a_sync_that_timed_out_but_ran_is_not_counted_twice(
+    make_sidecar: MakeSidecar, upstream: FakeUpstream, redis: RedisServer
+) -> None:
+    one = await make_sidecar(table(upstream, redis, shared="sync_interval: 30"))
+    sync = one.running.gateway.sync
+    assert sync is not None
+    async with aiohttp.ClientSession() as http:
+        assert await call(http, one) == 200
+    redis.freeze()
+    try:
+        await sync.tick()  # gives up after the timeout; the script waits in Redis's buffer
+        assert not sync.ledger.up
+    finally:
+        redis.thaw()  # ... and runs now
+    await sync.tick()  # the same batch again: applied once
+    await sync.tick()
+    assert counted(redis, one, "key:team") == 1
+
+
+async def test_a_limit_a_reload_adds_is_shared(
+    make_sidecar: MakeSidecar, upstream: FakeUpstream, redis: RedisServer, tmp_path: Path
+) -> None:
+    text = table(upstream, redis)
+    one, two = await make_sidecar(text), await make_sidecar(text)
+    async with aiohttp.ClientSession() as http:
+        for sidecar in (one, two):  # served before: each router knows the deployment
+            assert await call(http, sidecar, MASTER) == 200
+        path = tmp_path / "reloaded.yaml"
+        path.write_text(
+            text.replace(
+                "  num_retries: 0\n", "  num_retries: 0\n  enable_pre_call_checks: true\n"
+            ).replace(
+                f"api_base: {upstream.base}\n", f"api_base: {upstream.base}\n      rpm: 4\n", 1
+            )
+        )
+        for sidecar in (one, two):
+            sidecar.running.gateway.reload(configs.load(path, {}))
+        got = []
+        for i in range(6):
+            got.append(await call(http, (one, two)[i % 2], MASTER))
+            await settle(one, two)
+    assert got.count(200) == 4
+
+
+async def test_deny_answers_a_deployment_limit_as_it_answers_a_keys(
+    make_sidecar: MakeSidecar, upstream: FakeUpstream, redis: RedisServer
+) -> None:
+    text = table(
+        upstream,
+        redis,
+        shared="sync_interval: 0.05\n    on_redis_down: deny",
+        router="  enable_pre_call_checks: true",
+    ).replace(f"api_base: {upstream.base}\n", f"api_base: {upstream.base}\n      rpm: 100\n", 1)
+    one = await make_sidecar(text)
+    redis.stop()
+    await settle(one)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            one.url + "/v1/chat/completions",
+            json=CHAT,
+            headers={"Authorization": f"Bearer {MASTER}"},
+        ) as r,
+    ):
+        assert r.status == 503
+        assert (await r.json())["error"]["code"] == "shared_state_unavailable"
+        assert r.headers["Retry-After"] == "1"
+
+
+async def test_exact_admission_counts_only_calls_made(
+    make_sidecar: MakeSidecar, upstream: FakeUpstream, redis: RedisServer
+) -> None:
+    # Two dead deployments, one attempt a request: the retry budget is spent before a second
+    # deployment is admitted, so Redis counts one admission per call.
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there: refused
+    deployments = f"""  - model_name: m
+    litellm_params:
+      model: hosted_vllm/m
+      api_base: {dead}
+      rpm: 100
+    model_info:
+      id: second"""
+    text = table(
+        upstream,
+        redis,
+        shared="sync_interval: 0",
+        deployments=deployments,
+        router="  enable_pre_call_checks: true",
+    ).replace(f"api_base: {upstream.base}\n", f"api_base: {dead}\n      rpm: 100\n", 1)
+    one = await make_sidecar(text)
+    async with aiohttp.ClientSession() as http:
+        assert [await call(http, one, MASTER) for _ in range(5)] == [502] * 5
+    assert counted(redis, one, "deployment:*") == 5
+
+
+async def test_a_stopping_instance_sends_its_last_counts_and_leaves(
+    make_sidecar: MakeSidecar, upstream: FakeUpstream, redis: RedisServer
+) -> None:
+    text = table(upstream, redis, shared="sync_interval: 30")
+    one, two = await make_sidecar(text), await make_sidecar(text)
+    await settle(one, two)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(3):
+            assert await call(http, one) == 200
+        await one.running.stop()
+        assert counted(redis, two, "key:team") == 3
+        await settle(two)
+        assert await metric(http, two, "sidecar_shared_state_instances") == "1"
+
+
+async def test_a_redis_user_limited_to_what_the_scripts_run(
+    make_sidecar: MakeSidecar, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    # The README's ACL: scripting, reads, writes and TIME; no CLIENT, no EVALSHA needed.
+    acl = tmp_path / "users.acl"
+    acl.write_text(
+        "user default off\nuser gw on >gw-pass ~* +@scripting +@read +@write +time -evalsha\n"
+    )
+    guarded = RedisServer(tmp_path, "--aclfile", str(acl)).start()
+    try:
+        text = table(upstream, guarded, key_limits="rpm: 2", shared="sync_interval: 0").replace(
+            f"  redis_port: {guarded.port}\n",
+            f"  redis_url: redis://gw:gw-pass@127.0.0.1:{guarded.port}/0\n",
+        )
+        one = await make_sidecar(text)
+        async with aiohttp.ClientSession() as http:
+            assert [await call(http, one) for _ in range(3)] == [200, 200, 429]
+            assert await metric(http, one, "sidecar_redis_up") == "1"
+    finally:
+        guarded.stop()

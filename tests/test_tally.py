@@ -27,10 +27,22 @@ def test_what_is_on_its_way_counts_until_redis_has_it() -> None:
     tally = Tally("key:a", 1000)
     tally.add(T0, 4, 0)
     tally.outgoing()  # sending, not yet answered
-    assert tally.full(T0, 4, None)  # still counted while in flight
-    tally.unsent()  # the sync failed
-    assert tally.full(T0, 4, None)
-    assert tally.outgoing() == [(1000, 4, 0)]  # and it goes with the next one
+    assert tally.full(T0, 4, None)  # still counted while in flight, and after a failed sync
+    assert tally.outgoing() == []  # the sync sends that batch again itself, never merged
+    tally.add(T0, 1, 0)
+    assert tally.outgoing() == [(1000, 1, 0)]
+    tally.synced(1000, Slot(5, 0), Slot())  # Redis has both
+    assert tally.full(T0, 5, None) and not tally.full(T0, 6, None)
+
+
+def test_a_correction_never_takes_back_more_than_the_minute_holds_of_ours() -> None:
+    tally = Tally("key:a", 1000)
+    tally.add(T0 + 59, 1, 250_000)  # an estimate, in minute 1000
+    tally.outgoing()
+    tally.add(T0 + 61, 1, 500)  # another request, in minute 1001
+    tally.add(T0 + 62, 0, -249_000)  # the first one's usage came in minute 1001
+    assert tally.cur.own.tokens == 0
+    assert tally.outgoing() == [(1001, 1, 0)]  # never a negative count for the others to see
 
 
 def test_the_previous_minute_weighs_by_what_is_left_of_it() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from sidecar.auth import ClientKey
+from sidecar.config.cache import CacheSettings, cache_settings
 from sidecar.config.keys import all_keys
 from sidecar.config.model_list import check_fallbacks, deployment_of
 from sidecar.config.router_settings import ROUTING_STRATEGIES, RouterSettings, router_settings
@@ -32,6 +33,7 @@ from sidecar.deployment import ConfigError, Deployment
 
 __all__ = [
     "ROUTING_STRATEGIES",
+    "CacheSettings",
     "Config",
     "ConfigError",
     "RouterSettings",
@@ -46,7 +48,6 @@ __all__ = [
 # LiteLLM sections we accept so that its configs load, and what we say about them.
 _FOREIGN_SECTIONS = frozenset(
     {
-        "litellm_settings",
         "callback_settings",
         "credential_list",
         "guardrails",
@@ -67,6 +68,7 @@ _SECTIONS = frozenset(
         "general_settings",
         "sidecar_settings",
         "environment_variables",
+        "litellm_settings",
     }
 )
 
@@ -80,6 +82,7 @@ class Config:
     server: ServerSettings
     warnings: tuple[str, ...]
     shared: SharedSettings | None = None  # None: no Redis, every process counts alone
+    cache: CacheSettings | None = None  # None: no response cache
 
 
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -144,6 +147,8 @@ def parse(raw: Any, name: str, environ: Mapping[str, str]) -> Config:
     general = mapping(raw.get("general_settings"), "general_settings")
     sidecar_settings = dict(mapping(raw.get("sidecar_settings"), "sidecar_settings"))
     shared = shared_settings(redis, sidecar_settings.pop("shared_state", None), env)
+    litellm = mapping(raw.get("litellm_settings"), "litellm_settings")
+    cache = cache_settings(litellm, shared, env, warnings)
     keys = all_keys(general, sidecar_settings.pop("keys", None), env, warnings)
     server = server_settings(sidecar_settings)
 
@@ -162,4 +167,4 @@ def parse(raw: Any, name: str, environ: Mapping[str, str]) -> Config:
                 f"'{d.id}' is already the id of model_list[{seen[d.id]}]",
             )
         seen[d.id] = i
-    return Config(name, deployments, tuple(keys), router, server, tuple(warnings), shared)
+    return Config(name, deployments, tuple(keys), router, server, tuple(warnings), shared, cache)

@@ -3,7 +3,8 @@ and ours, sidecar_settings.shared_state (namespace, sync_interval, on_redis_down
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -15,7 +16,9 @@ REDIS_KEYS = ("redis_host", "redis_port", "redis_password", "redis_url")
 ON_REDIS_DOWN = ("local", "deny")
 DEFAULT_PORT = 6379
 DEFAULT_SYNC = 0.5  # seconds
+MIN_SYNC = 0.01  # 100 syncs a second per instance, at most
 MAX_SYNC = 60.0
+MAX_DB = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +79,11 @@ def shared_settings(
             if (
                 isinstance(value, bool)
                 or not isinstance(value, int | float)
-                or not 0 <= value <= MAX_SYNC
+                or not (value == 0 or MIN_SYNC <= value <= MAX_SYNC)
             ):
-                raise ConfigError(at, f"must be a number of seconds from 0 to {MAX_SYNC:g}")
+                raise ConfigError(
+                    at, f"must be 0 or a number of seconds from {MIN_SYNC:g} to {MAX_SYNC:g}"
+                )
             value = float(value)
         elif key == "on_redis_down":
             if value not in ON_REDIS_DOWN:
@@ -90,43 +95,64 @@ def shared_settings(
 
 
 def _redis(router: Mapping[str, Any], env: Mapping[str, str]) -> tuple[str, dict[str, Any]] | None:
-    """(the key path that configured it, SharedSettings' Redis fields): the table's redis_*
-    keys, else the REDIS_* variables; a URL wins over host, port and password."""
+    """(the key path that configured it, SharedSettings' Redis fields). The table's redis_*
+    keys first; the REDIS_* variables fill in what it leaves out, key by key as LiteLLM reads
+    them (a table's redis_host takes REDIS_PORT and REDIS_PASSWORD from the environment),
+    and name the Redis alone when the table names none. A URL wins over host and port."""
     given = {k: resolve(v, env, f"router_settings.{k}") for k, v in router.items() if v is not None}
-
-    from_table = bool(given)
-    if not from_table:
-        given = {k: env[k.upper()] for k in REDIS_KEYS if env.get(k.upper())}
+    source = {k: f"router_settings.{k}" for k in given}
+    for k in REDIS_KEYS:
+        if k not in given and env.get(k.upper()):
+            if given and k in ("redis_url", "redis_host"):
+                continue  # the table names its Redis: the environment does not change which
+            given[k] = env[k.upper()]
+            source[k] = k.upper()
 
     def path(key: str) -> str:
-        return f"router_settings.{key}" if from_table else key.upper()
+        return source.get(key, f"router_settings.{key}")
 
-    if "redis_url" in given:
-        return path("redis_url"), _url(given["redis_url"], path("redis_url"))
-    if "redis_host" not in given:
-        if given and from_table:  # a port or a password, but no host
+    if "redis_url" not in given and "redis_host" not in given:
+        if any(s.startswith("router_settings.") for s in source.values()):
+            # a port or a password in the table, but no host
             raise ConfigError(path("redis_host"), "is needed with the other Redis settings")
         return None
-    host = given["redis_host"]
+    where = path("redis_url" if "redis_url" in given else "redis_host")
+    return where, redis_fields(given, path)
+
+
+def redis_fields(given: Mapping[str, Any], path: Callable[[str], str]) -> dict[str, Any]:
+    """SharedSettings' Redis fields from redis_url, or redis_host, redis_port and
+    redis_password (values resolved already); `path` names a key for an error."""
+    if "redis_url" in given:
+        return _url(given["redis_url"], path("redis_url"))
+    host = given.get("redis_host")
     if not isinstance(host, str) or not host.strip():
         raise ConfigError(path("redis_host"), "must be a host name")
-    values: dict[str, Any] = {"host": host.strip()}
+    host = host.strip()
+    if ":" in host and not _is_ipv6(host):
+        raise ConfigError(path("redis_host"), "must be a host name without a port (see redis_port)")
+    values: dict[str, Any] = {"host": host}
     if "redis_port" in given:
         values["port"] = _port(given["redis_port"], path("redis_port"))
     if "redis_password" in given:
         password = secret(given["redis_password"], path("redis_password"))
         values["password"] = password or None
-    return path("redis_host"), values
+    return values
 
 
 def _port(value: Any, where: str) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ConfigError(where, "must be a port number (1-65535)")
+    return value
+
+
+def _is_ipv6(host: str) -> bool:
     try:
-        port = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(where, "must be a port number") from None
-    if isinstance(value, bool) or not 0 < port < 65536:
-        raise ConfigError(where, "must be a port number")
-    return port
+        return ipaddress.ip_address(host.strip("[]")).version == 6
+    except ValueError:
+        return False
 
 
 def _url(value: Any, where: str) -> dict[str, Any]:
@@ -143,14 +169,14 @@ def _url(value: Any, where: str) -> dict[str, Any]:
         raise ConfigError(where, "must be a redis:// or rediss:// URL with a host")
     values: dict[str, Any] = {"host": parts.hostname, "tls": parts.scheme == "rediss"}
     if port is not None:
-        values["port"] = port
+        values["port"] = _port(port, where)
     if parts.username:
         values["username"] = unquote(parts.username)
     if parts.password:
         values["password"] = unquote(parts.password)
     db = parts.path.strip("/")
     if db:
-        if not db.isdigit():
+        if not db.isdigit() or int(db) > MAX_DB:
             raise ConfigError(where, "the path must be a database number (/0)")
         values["db"] = int(db)
     return values

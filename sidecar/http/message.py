@@ -116,6 +116,28 @@ class _Clock:
 CLOCK = _Clock()
 
 
+class Tee:
+    """A copy of a reply's body as it is written (a stream's pieces without their chunk
+    framing), and its content type; given up past `limit` bytes (then `parts` is None)."""
+
+    __slots__ = ("content_type", "limit", "parts", "size")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.parts: list[bytes] | None = []
+        self.content_type = ""
+
+    def add(self, data: bytes) -> None:
+        parts = self.parts
+        if parts is not None:
+            self.size += len(data)
+            if self.size > self.limit:
+                self.parts = None
+            else:
+                parts.append(data)
+
+
 class Responder:
     """The reply to one request. `send` writes it whole; `start`, `write` and `end` stream it.
     `status` and `sent` (the body's bytes as written, a stream's chunk framing included) are
@@ -133,6 +155,7 @@ class Responder:
         "sent",
         "started",
         "status",
+        "tee",
     )
 
     def __init__(self, conn: Connection, request: Request) -> None:
@@ -147,14 +170,18 @@ class Responder:
         self.sent = 0
         self.started = False  # a byte of the reply has been handed to the transport
         self.done = False  # the reply is complete
+        self.tee: Tee | None = None  # set when the body is wanted too (the response cache)
 
     def _head_of(self, status: int, reason: str, fields: Fields, framing: bytes) -> bytes:
         self.status = status
         if self._conn.closing:
             self.keep_alive = False
         lines = [f"HTTP/1.1 {status} {reason or REASONS.get(status, '')}\r\n"]
+        tee = self.tee
         for name, value in fields:
             lines.append(f"{name}: {value}\r\n")
+            if tee is not None and name.lower() == "content-type":
+                tee.content_type = value
         for name, value in self.always:
             lines.append(f"{name}: {value}\r\n")
         text = "".join(lines)
@@ -175,6 +202,8 @@ class Responder:
         """The whole reply, head and body in one write."""
         head = self._head_of(status, reason, fields, b"Content-Length: %d\r\n" % len(body))
         self.started = self.done = True
+        if self.tee is not None:
+            self.tee.add(body)
         if self._head_only:
             self._conn.send(head)
         elif len(body) <= WHOLE_WRITE:
@@ -201,6 +230,8 @@ class Responder:
         """A piece of a stream as it goes on the wire: chunk-framed (unless close-delimited),
         the last chunk after it when it ends the stream, the head before it when it is the
         first."""
+        if self.tee is not None and data:
+            self.tee.add(data)
         if self._chunked:
             out = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
             if end:

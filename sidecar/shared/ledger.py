@@ -62,8 +62,10 @@ class SharedWindow:
 
     def add(self, now: float, requests: int, tokens: int) -> None:
         ledger = self.ledger
-        if requests and ledger.exact and ledger.up:
-            # Redis counted this admission itself (the ADMIT script): ours alone records it.
+        if requests and ledger.exact:
+            # With sync_interval 0 an admission is Redis's to count (the ADMIT script), never
+            # ours to send: one that fell back while Redis was away is not counted there
+            # (under the fallback's share), and one whose ADMIT timed out may have been.
             self.tally.add_own(ledger.wall(), requests, tokens)
         else:
             self.tally.add(ledger.wall(), requests, tokens)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Coroutine
 from typing import Any
 
 from sidecar.config import SharedSettings
@@ -43,7 +44,7 @@ class Link:
             retry=Retry(NoBackoff(), 0),
             max_connections=POOL,
             timeout=TIMEOUT,  # waiting for a free connection
-            client_name="sidecar",
+            # No client_name: CLIENT SETNAME on every connection, which an ACL may deny.
             **tls,
         )
         self.client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
@@ -51,9 +52,16 @@ class Link:
 
     async def run(self, script: str, args: list[Any]) -> Any:
         """Run a script; RedisDown when Redis is away, slow or refuses it."""
+        return await self._bounded(self._run(script, args))
+
+    async def command(self, *args: Any) -> Any:
+        """One command (the cache's GET and SET); RedisDown as for run()."""
+        return await self._bounded(self.client.execute_command(*args))  # type: ignore[no-untyped-call]
+
+    async def _bounded(self, call: Coroutine[Any, Any, Any]) -> Any:
         try:
             async with asyncio.timeout(TIMEOUT * 2):
-                return await self._run(script, args)
+                return await call
         except TimeoutError:
             raise RedisDown(f"no answer within {TIMEOUT * 2:g} s") from None
         except self.errors as exc:

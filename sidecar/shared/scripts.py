@@ -4,7 +4,8 @@ Keys, under the namespace `ns`:
 - `{ns}:w:{counter}:{minute}`: a hash of requests (`r`) and tokens (`t`) counted in that minute
   of Redis's clock by every instance; it expires after three minutes;
 - `{ns}:cool:{deployment}`: a deployment cooling down, its value the cause, its TTL the rest;
-- `{ns}:instances`: a sorted set of live instances, each scored by its last heartbeat (ms).
+- `{ns}:instances`: a sorted set of live instances, each scored by its last heartbeat (ms);
+- `{ns}:seq:{instance}`: the last batch of deltas applied from that instance.
 
 Both scripts read Redis's own TIME, so that every instance counts the same minutes. Scripts
 name their keys in ARGV, not KEYS: they serve one Redis (or a primary with replicas), not a
@@ -13,8 +14,8 @@ cluster, where the keys of one sync would span slots.
 
 from __future__ import annotations
 
-# ARGV: ns, instance, heartbeat_ms,
-#   n_deltas, (counter, minute, requests, tokens) * n_deltas,
+# ARGV: ns, instance, heartbeat_ms, seq,
+#   n_deltas, (counter, minute, requests, tokens) * n_deltas,   -- applied once per seq
 #   n_reads, counter * n_reads,
 #   n_cool, (deployment, ms, cause) * n_cool,      -- cooldowns this instance entered
 #   n_watch, deployment * n_watch                   -- cooldowns to read
@@ -26,13 +27,24 @@ local ns = ARGV[1]
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local minute = math.floor(tonumber(time[1]) / 60)
-local i = 5
-for _ = 1, tonumber(ARGV[4]) do
-  local key = ns .. ':w:' .. ARGV[i] .. ':' .. ARGV[i + 1]
-  redis.call('HINCRBY', key, 'r', ARGV[i + 2])
-  redis.call('HINCRBY', key, 't', ARGV[i + 3])
-  redis.call('PEXPIRE', key, 180000)
+-- A batch of deltas is applied once: a sync that timed out may have run after all, and the
+-- instance then sends the same batch again under the same sequence number.
+local seqkey = ns .. ':seq:' .. ARGV[2]
+local seq = tonumber(ARGV[4])
+local fresh = seq > (tonumber(redis.call('GET', seqkey)) or 0)
+local deltas = tonumber(ARGV[5])
+local i = 6
+for _ = 1, deltas do
+  if fresh then
+    local key = ns .. ':w:' .. ARGV[i] .. ':' .. ARGV[i + 1]
+    redis.call('HINCRBY', key, 'r', ARGV[i + 2])
+    redis.call('HINCRBY', key, 't', ARGV[i + 3])
+    redis.call('PEXPIRE', key, 180000)
+  end
   i = i + 4
+end
+if fresh and deltas > 0 then
+  redis.call('SET', seqkey, seq, 'PX', 600000)
 end
 local members = ns .. ':instances'
 local heartbeat = tonumber(ARGV[3])

@@ -22,11 +22,12 @@ from typing import Any
 from sidecar.shared import scripts
 from sidecar.shared.ledger import Ledger
 from sidecar.shared.link import Link, RedisDown
-from sidecar.shared.tally import Slot
+from sidecar.shared.tally import Slot, Tally
 
 log = logging.getLogger("sidecar")
 
-DOWN_RETRY = 1.0  # seconds between attempts while Redis is away
+DOWN_RETRY = 1.0  # seconds before the first attempt again once Redis is away ...
+MAX_RETRY = 4.0  # ... doubling up to this
 EXACT_LOOP = 0.5  # seconds between syncs when admissions ask Redis themselves
 MIN_HEARTBEAT = 5.0  # seconds an instance counts as live after its last sync, at least
 
@@ -56,6 +57,9 @@ class Sync:
         self._one_at_a_time = asyncio.Lock()  # a tick that returns has everything before it sent
         self._task: asyncio.Task[None] | None = None
         self._said_down = False  # the log line for Redis being away has been written
+        self.seq = 0  # the last batch of deltas made
+        self._unconfirmed: tuple[int, list[Any]] | None = None  # sent, not confirmed
+        self._down_for = 0  # syncs failed in a row: the retry backs off
 
     async def start(self) -> None:
         """One sync before serving (bounded by the link's timeout), so that the first
@@ -64,10 +68,16 @@ class Sync:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
+        """The last counts sent and this instance out of the live ones (at most the link's
+        timeout each, when Redis is away), then the connections closed."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.ledger.up:
+            await self.tick()
+            with contextlib.suppress(RedisDown):
+                await self.link.command("ZREM", f"{self.namespace}:instances", self.instance)
         await self.link.close()
 
     def publish(self, deployment: str, seconds: float, cause: str) -> None:
@@ -77,7 +87,10 @@ class Sync:
 
     async def _loop(self) -> None:
         while True:
-            wait = self.interval if self.ledger.up else max(self.interval, DOWN_RETRY)
+            wait = self.interval
+            if not self.ledger.up:  # 1, 2, then every 4 s: a Redis whose name does not
+                # resolve must not fill the resolver's threads, which upstream calls share
+                wait = max(wait, min(DOWN_RETRY * 2 ** max(0, self._down_for - 1), MAX_RETRY))
             try:
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
@@ -93,18 +106,30 @@ class Sync:
         async with self._one_at_a_time:
             await self._tick()
 
+    def _batch(self, tallies: list[Tally]) -> tuple[int, list[Any]]:
+        """(its sequence number, the deltas) to send: the last batch again while Redis has not
+        confirmed it, else what was counted since."""
+        if self._unconfirmed is not None:
+            return self._unconfirmed
+        deltas: list[Any] = []
+        for tally in tallies:
+            for minute, requests, tokens in tally.outgoing():
+                deltas.append((tally.name, minute, requests, tokens))
+        if not deltas:
+            return self.seq, []
+        self.seq += 1
+        self._unconfirmed = (self.seq, deltas)
+        return self._unconfirmed
+
     async def _tick(self) -> None:
         ledger = self.ledger
         tallies = list(ledger.tallies.values())
-        deltas: list[Any] = []
-        count = 0
-        for tally in tallies:
-            for minute, requests, tokens in tally.outgoing():
-                deltas += (tally.name, minute, requests, tokens)
-                count += 1
+        seq, deltas = self._batch(tallies)
         cooling, self.cooling = self.cooling, []
         watched = list(self.watched())
-        args: list[Any] = [self.namespace, self.instance, self.heartbeat_ms, count, *deltas]
+        args: list[Any] = [self.namespace, self.instance, self.heartbeat_ms, seq, len(deltas)]
+        for delta in deltas:
+            args += delta
         args += [len(tallies), *(t.name for t in tallies)]
         args.append(len(cooling))
         for deployment, ms, cause in cooling:
@@ -113,14 +138,13 @@ class Sync:
         try:
             out = await self.link.run(scripts.SYNC, args)
         except RedisDown as exc:
-            for tally in tallies:
-                tally.unsent()
             self.cooling[:0] = cooling
             self._down(str(exc))
             return
+        self._unconfirmed = None
         self._apply(out, tallies, watched)
 
-    def _apply(self, out: list[Any], tallies: list[Any], watched: list[str]) -> None:
+    def _apply(self, out: list[Any], tallies: list[Tally], watched: list[str]) -> None:
         ledger = self.ledger
         seconds, micros, instances = int(out[0]), int(out[1]), int(out[2])
         redis_now = seconds + micros / 1e6
@@ -148,6 +172,9 @@ class Sync:
         """sync_interval 0: ask Redis to admit a request of `tokens` against a counter. None
         when admitted, else (seconds until it may be, the limit reached: "rpm" or "tpm");
         RedisDown when Redis is away (the caller then falls back as on_redis_down says)."""
+        if not self.ledger.up:
+            # Away: the sync probes it; admissions do not pile connection attempts on it.
+            raise RedisDown("away since the last sync")
         counters = [(counter, rpm, tpm)]
         args: list[Any] = [self.namespace, tokens, len(counters)]
         for name, rpm, tpm in counters:
@@ -164,6 +191,7 @@ class Sync:
 
     def _down(self, why: str) -> None:
         self.ledger.up = False
+        self._down_for += 1
         if not self._said_down:
             self._said_down = True
             fallback = (
@@ -179,6 +207,7 @@ class Sync:
             )
 
     def _up(self) -> None:
+        self._down_for = 0
         if not self.ledger.up:
             self.ledger.up = True
             if self._said_down:

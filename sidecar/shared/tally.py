@@ -88,14 +88,21 @@ class Tally:
 
     def add(self, wall: float, requests: int, tokens: int) -> None:
         self.roll(wall)
-        self.cur.pending.add(requests, tokens)
-        self.cur.own.add(requests, tokens)
+        cur = self.cur
+        if tokens < 0:
+            # A correction (the reply's usage below the estimate) takes back at most what
+            # this minute holds of ours: the estimate may have been counted a minute earlier,
+            # and a minute's count must never go below what the others added to it.
+            tokens = max(tokens, -cur.own.tokens)
+        cur.pending.add(requests, tokens)
+        cur.own.add(requests, tokens)
 
     def add_own(self, wall: float, requests: int, tokens: int) -> None:
-        """Ours, already counted in Redis (an exact admission): for the local fallback only."""
+        """Ours, counted in Redis by the admission itself (sync_interval 0): for the local
+        fallback only, and in the view until the next sync says what Redis holds."""
         self.roll(wall)
         self.cur.own.add(requests, tokens)
-        self.cur.synced.add(requests, tokens)  # until the next sync says what Redis holds
+        self.cur.synced.add(requests, tokens)
 
     def wait(self, wall: float) -> float:
         """Seconds until this minute ends, when the estimate drops."""
@@ -123,8 +130,3 @@ class Tally:
             return
         self.cur.synced, self.cur.sending = now, Slot()
         self.prev.synced, self.prev.sending = last, Slot()
-
-    def unsent(self) -> None:
-        """The sync failed: what was on its way goes again with the next one."""
-        for m in (self.prev, self.cur):
-            m.pending.add(*m.sending.take())

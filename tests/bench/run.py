@@ -597,7 +597,7 @@ def main() -> int:
     parser.add_argument("--token-pace", type=float, default=0.02, help="seconds between events")
     parser.add_argument(
         "--targets",
-        default="direct,nginx,sidecar,workers,floor",
+        default="direct,nginx,sidecar,workers,floor,limits,redis",
         help="workers: the sidecar with --workers 2, for (a) chat only; floor: the sidecar's "
         "own protocols and pool with no feature (tests/bench/floor.py); limits: rpm/tpm limits "
         "on the key and the deployments, counted in the process; redis: the same limits shared "

@@ -1,0 +1,1 @@
+"""The response cache (SPEC section 7): identical requests answered without an upstream call."""

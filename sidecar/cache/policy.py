@@ -1,0 +1,94 @@
+"""Whether and how one request uses the cache, and the key of its entry. Pure.
+
+The per-request controls are LiteLLM's: the body's `cache` object (`no-cache`, `no-store`,
+`ttl`, `s-maxage`, `use-cache`) and the `Cache-Control: no-cache | no-store` header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from sidecar import errors
+from sidecar.config.cache import CacheSettings
+from sidecar.routes import Endpoint
+
+HIT, MISS, BYPASS = "hit", "miss", "bypass"
+
+
+@dataclass(frozen=True, slots=True)
+class Use:
+    """What a request may do with the cache."""
+
+    key: str
+    read: bool  # an entry may answer it
+    store: bool  # its reply may be kept
+    ttl: float  # seconds a kept reply lives
+    max_age: float | None  # s-maxage: only an entry younger than this answers
+
+
+def use(
+    settings: CacheSettings,
+    endpoint: Endpoint,
+    group: str,
+    scope: str,
+    body: dict[str, Any],
+    controls: Any,
+    headers: Mapping[str, str],
+) -> Use | None:
+    """None when the request bypasses the cache. `controls` is the body's `cache` field,
+    already taken out of `body`; `scope` the caller's key, so no key reads another's."""
+    if endpoint not in settings.endpoints:
+        return None
+    no_cache = no_store = opted_in = False
+    ttl = settings.ttl
+    max_age = None
+    if controls is not None:
+        if not isinstance(controls, dict):
+            raise _invalid("must be an object")
+        for name, value in controls.items():
+            if name in ("no-cache", "no-store", "use-cache"):
+                if not isinstance(value, bool):
+                    raise _invalid(f"'{name}' must be true or false")
+                no_cache |= name == "no-cache" and value
+                no_store |= name == "no-store" and value
+                opted_in |= name == "use-cache" and value
+            elif name in ("ttl", "s-maxage"):
+                if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                    raise _invalid(f"'{name}' must be a number of seconds")
+                if name == "ttl":
+                    ttl = float(value)
+                else:
+                    max_age = float(value)
+            # Other names (LiteLLM's `namespace`, ...) are LiteLLM's own: ignored, as there.
+    directives = headers.get("cache-control")
+    if directives:
+        tokens = {d.strip().lower() for d in directives.split(",")}
+        no_cache |= "no-cache" in tokens
+        no_store |= "no-store" in tokens
+    if not settings.default_on and not opted_in:
+        return None
+    read, store = not no_cache, not no_store and ttl > 0
+    if not read and not store:
+        return None
+    return Use(key(endpoint, group, scope, body), read, store, ttl, max_age)
+
+
+def key(endpoint: Endpoint, group: str, scope: str, body: dict[str, Any]) -> str:
+    """The entry's name: the endpoint (with or without /v1 it is one), the model group, the
+    caller's key and the body in canonical form (keys sorted), hashed."""
+    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    digest = hashlib.sha256()
+    digest.update(f"{endpoint.value}\0{group}\0{scope}\0".encode())
+    digest.update(canonical)
+    return digest.hexdigest()
+
+
+def _invalid(why: str) -> errors.GatewayError:
+    return errors.bad_request(
+        f"The request's 'cache' field {why}.", "cache", "invalid_cache_control"
+    )

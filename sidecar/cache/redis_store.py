@@ -1,0 +1,50 @@
+"""type: redis: entries on the Redis every replica reads, so a reply made by one answers all.
+
+A lookup is the one Redis round trip the cache puts on a request's path. When Redis is away
+(down, slow, refusing) the lookup misses and the store is skipped: the cache never fails or
+holds a request beyond the link's short timeout, and after a failure it does not ask again
+for a second, so a dead Redis costs nothing per request.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sidecar.cache.entry import Entry
+from sidecar.shared.link import Link, RedisDown
+
+QUIET = 1.0  # seconds without asking Redis after it failed
+
+
+class RedisStore:
+    def __init__(self, link: Link, namespace: str) -> None:
+        self.link = link
+        self.prefix = f"{namespace}:cache:"
+        self.down_until = 0.0  # time.monotonic(): until then, no lookups
+
+    @property
+    def up(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+    async def get(self, key: str) -> Entry | None:
+        if not self.up:
+            return None
+        try:
+            data = await self.link.command("GET", self.prefix + key)
+        except RedisDown:
+            self.down_until = time.monotonic() + QUIET
+            return None
+        return None if data is None else Entry.decode(data)
+
+    async def put(self, key: str, entry: Entry, ttl: float) -> None:
+        if not self.up:
+            return
+        try:
+            await self.link.command(
+                "SET", self.prefix + key, entry.encode(), "PX", max(1, int(ttl * 1000))
+            )
+        except RedisDown:
+            self.down_until = time.monotonic() + QUIET
+
+    async def close(self) -> None:
+        await self.link.close()
