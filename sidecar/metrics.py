@@ -35,6 +35,7 @@ class Metrics:
         self.ttfb = Histogram()  # by deployment
         self.tokens: defaultdict[tuple[str, str], int] = defaultdict(int)  # (model, kind)
         self.shared: SharedView | None = None  # set when a Redis is configured
+        self.cache: defaultdict[tuple[str, str], int] = defaultdict(int)  # (model, result)
 
     def usage(self, model: str, prompt: int, completion: int) -> None:
         self.tokens[(model, "prompt")] += prompt
@@ -42,6 +43,9 @@ class Metrics:
 
     def retry(self, model: str) -> None:
         self.retries[model] += 1
+
+    def cached(self, model: str, result: str) -> None:
+        self.cache[(model, result)] += 1
 
     def fallback(self, model: str, to: str) -> None:
         self.fallbacks[(model, to)] += 1
@@ -124,6 +128,15 @@ class Metrics:
             f"sidecar_cooldowns_total{{{_labels(deployment=d)}}} {n}"
             for d, n in self.cooldowns.items()
         ]
+        if self.cache:
+            lines += [
+                "# HELP sidecar_cache_requests_total Requests the response cache answered (hit), missed or was bypassed by.",
+                "# TYPE sidecar_cache_requests_total counter",
+            ]
+            lines += [
+                f"sidecar_cache_requests_total{{{_labels(model=m, result=r)}}} {n}"
+                for (m, r), n in self.cache.items()
+            ]
         if self.shared is not None:
             lines += _shared(self.shared)
         return ("\n".join(lines) + "\n").encode()
@@ -191,6 +204,9 @@ class NoMetrics(Metrics):
         pass
 
     def retry(self, model: str) -> None:
+        pass
+
+    def cached(self, model: str, result: str) -> None:
         pass
 
     def fallback(self, model: str, to: str) -> None:

@@ -32,6 +32,7 @@ class Outcome:
     ttfb: float | None = None  # seconds from the request's arrival to the upstream's reply head
     stream: bool = False
     started: float = 0.0  # time.perf_counter() when the request arrived
+    cache: str | None = None  # hit, miss or bypass; None without a response cache
 
     @classmethod
     def of(cls, request: Request, started: float) -> Outcome:
@@ -60,24 +61,27 @@ def record(
     metrics.done(name, outcome.model, outcome.deployment, status)
     if endpoint in MODEL_ENDPOINTS:
         metrics.duration.observe((name, outcome.model), duration)
+    if outcome.cache is not None:
+        metrics.cached(outcome.model, outcome.cache)
     if not access_log.enabled:
         return
     ttfb = outcome.ttfb
-    access_log.record(
-        {
-            "request_id": outcome.request_id,
-            "upstream_request_ids": outcome.upstream_ids or None,
-            "key": outcome.key or None,
-            "method": request.method,
-            "path": request.path,
-            "model": outcome.model or None,
-            "deployment": outcome.deployment or None,
-            "status": status,
-            "upstream_status": outcome.upstream_status,
-            "attempts": outcome.attempts,
-            "duration_ms": round(duration * 1000, 3),
-            "ttfb_ms": None if ttfb is None else round(ttfb * 1000, 3),
-            "bytes": reply.sent if reply.started else None,
-            "stream": outcome.stream,
-        }
-    )
+    fields = {
+        "request_id": outcome.request_id,
+        "upstream_request_ids": outcome.upstream_ids or None,
+        "key": outcome.key or None,
+        "method": request.method,
+        "path": request.path,
+        "model": outcome.model or None,
+        "deployment": outcome.deployment or None,
+        "status": status,
+        "upstream_status": outcome.upstream_status,
+        "attempts": outcome.attempts,
+        "duration_ms": round(duration * 1000, 3),
+        "ttfb_ms": None if ttfb is None else round(ttfb * 1000, 3),
+        "bytes": reply.sent if reply.started else None,
+        "stream": outcome.stream,
+    }
+    if outcome.cache is not None:
+        fields["cache"] = outcome.cache
+    access_log.record(fields)

@@ -15,6 +15,7 @@ from sidecar import auth, errors
 from sidecar import request as requests
 from sidecar.accesslog import AccessLog
 from sidecar.attempts import Attempts
+from sidecar.cache.cache import Cache
 from sidecar.config import Config
 from sidecar.headers import REQUEST_ID_HEADER
 from sidecar.http.message import Request, Responder
@@ -59,6 +60,7 @@ class Gateway:
         self.limits = KeyLimits()
         self.router.shared = self.limits.shared = shared
         self.sync: Sync | None = None  # shared state's sync, once started (server.start)
+        self.cache: Cache | None = None  # the response cache, when configured (server.start)
         self.attempts = Attempts(self.router, pool, metrics)
         self.watched: tuple[str, ...] = ()
         self.reload(config)
@@ -231,12 +233,23 @@ class Gateway:
         else:
             self.limits.admit(key, estimate)
         outcome.tokens = estimate
+        controls = body.pop("cache", None)  # LiteLLM's per-request cache controls: ours alone
+        use = None
         try:
+            cache = self.cache
+            if cache is not None:
+                use = cache.use(
+                    endpoint, found.group.name, key.name, body, controls, request.headers
+                )
+                if await cache.answer(use, reply, outcome):
+                    return
             await self.attempts.run(
                 reply, request.headers, endpoint, raw, body, found, state, outcome
             )
         finally:
             self.limits.used(key, outcome.tokens - estimate)
+        if use is not None and self.cache is not None:
+            self.cache.kept(use, reply)
 
     async def _admit_exact(self, sync: Sync, key: auth.ClientKey, estimate: int) -> None:
         """sync_interval 0: Redis admits, exactly; when it is away, the fallback does."""

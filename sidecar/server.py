@@ -13,7 +13,10 @@ from dataclasses import dataclass
 
 from sidecar import config as configs
 from sidecar.accesslog import AccessLog
-from sidecar.config import Config
+from sidecar.cache.cache import Cache
+from sidecar.cache.local import LocalStore
+from sidecar.cache.redis_store import RedisStore
+from sidecar.config import CacheSettings, Config
 from sidecar.deployment import ConfigError
 from sidecar.http.server import Listener
 from sidecar.metrics import Metrics, NoMetrics
@@ -43,6 +46,8 @@ class Running:
         await self.gateway.pool.close()
         if self.admin is not None:
             await self.admin.close(ADMIN_DRAIN)
+        if self.gateway.cache is not None:
+            await self.gateway.cache.close()
         if self.gateway.sync is not None:
             await self.gateway.sync.stop()
         self.gateway.access_log.flush()
@@ -64,6 +69,8 @@ async def start(
     gateway = Gateway(config, pool, metrics, AccessLog(enabled=config.server.access_log), ledger)
     if ledger is not None:
         await _share(gateway, ledger)
+    if config.cache is not None:
+        gateway.cache = _cache(config.cache, gateway)
 
     def limits() -> tuple[int, float]:
         # Read per request, so that a reload can change them.
@@ -97,6 +104,19 @@ async def start(
             await gateway.sync.stop()
         raise
     return Running(gateway, listener, bound, admin, admin_port)
+
+
+def _cache(settings: CacheSettings, gateway: Gateway) -> Cache:
+    """The response cache: in this process's memory, or on Redis (the shared state's link
+    when it is the same Redis)."""
+    if settings.redis is None:
+        return Cache(settings, LocalStore(settings.max_bytes))
+    from sidecar.shared.link import Link
+
+    sync = gateway.sync
+    same = sync is not None and sync.ledger.settings == settings.redis
+    link = sync.link if sync is not None and same else Link(settings.redis)
+    return Cache(settings, RedisStore(link, settings.namespace), owns_store=not same)
 
 
 async def _share(gateway: Gateway, ledger: Ledger) -> None:
@@ -133,6 +153,8 @@ def warn_restart_needed(old: Config, new: Config) -> None:
     changed = configs.restart_needed(old.server, new.server)
     if old.shared != new.shared:  # the sync and its Redis connection are made at start
         changed.append("the shared state (router_settings.redis_*, sidecar_settings.shared_state)")
+    if old.cache != new.cache:  # so is the cache's store
+        changed.append("the response cache (litellm_settings.cache, cache_params)")
     if changed:
         log.warning(
             "%s: %s changed; the listeners and workers keep their settings until a restart",

@@ -1,32 +1,37 @@
-"""The cache as the request pipeline sees it: may this request use it, is there an entry, keep
-this reply. Stores are `LocalStore` (memory) or `RedisStore`; keeping never delays a reply."""
+"""The cache as a stage of the request pipeline: may this request use it (use), does an entry
+answer it (answer), is its reply kept (kept). Stores are `LocalStore` (memory) or
+`RedisStore`; keeping never delays a reply."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from sidecar.cache import policy
 from sidecar.cache.entry import Entry
+from sidecar.cache.local import LocalStore
+from sidecar.cache.redis_store import RedisStore
+from sidecar.cache.replay import replay
 from sidecar.config.cache import CacheSettings
+from sidecar.headers import CACHE_HEADER
+from sidecar.http.message import Responder, Tee
+from sidecar.outcome import Outcome
 from sidecar.routes import Endpoint
 
 MAX_ENTRY = 8 * 1024 * 1024  # bytes: a larger reply is passed on and not kept
 
 
-class Store(Protocol):
-    async def get(self, key: str) -> Entry | None: ...
-
-    async def put(self, key: str, entry: Entry, ttl: float) -> None: ...
-
-
 class Cache:
-    def __init__(self, settings: CacheSettings, store: Store) -> None:
+    def __init__(
+        self, settings: CacheSettings, store: LocalStore | RedisStore, owns_store: bool = True
+    ) -> None:
         self.settings = settings
         self.store = store
-        self.max_entry = min(MAX_ENTRY, getattr(store, "max_entry", MAX_ENTRY))
+        self.local = store if isinstance(store, LocalStore) else None  # no awaits, no tasks
+        self.owns_store = owns_store  # False: its Redis link is the shared state's, closed there
+        self.max_entry = min(MAX_ENTRY, self.local.max_entry) if self.local else MAX_ENTRY
         self._keeping: set[asyncio.Task[None]] = set()
 
     def use(
@@ -40,10 +45,40 @@ class Cache:
     ) -> policy.Use | None:
         return policy.use(self.settings, endpoint, group, scope, body, controls, headers)
 
+    async def answer(self, use: policy.Use | None, reply: Responder, outcome: Outcome) -> bool:
+        """True when an entry answered (no upstream call, no tokens; it still counted toward
+        the key's rpm); else the reply is marked, and copied as it goes when it may be kept."""
+        if use is None:
+            outcome.cache = policy.BYPASS
+        else:
+            entry = await self.lookup(use)
+            if entry is not None:
+                outcome.cache = policy.HIT
+                outcome.tokens = 0
+                outcome.stream = entry.stream
+                await replay(reply, entry, ((CACHE_HEADER, policy.HIT),))
+                return True
+            outcome.cache = policy.MISS
+            if use.store:
+                reply.tee = Tee(self.max_entry)
+        reply.always += ((CACHE_HEADER, outcome.cache),)
+        return False
+
+    def kept(self, use: policy.Use, reply: Responder) -> None:
+        """A reply that came whole and clean, 200, is kept; a cut stream or an error never."""
+        tee = reply.tee
+        if not use.store or tee is None or tee.parts is None:
+            return
+        if reply.status != 200 or not reply.done:
+            return
+        stream = tee.content_type.startswith("text/event-stream")
+        self.keep(use, Entry(time.time(), stream, tee.content_type, b"".join(tee.parts)))
+
     async def lookup(self, use: policy.Use) -> Entry | None:
         if not use.read:
             return None
-        entry = await self.store.get(use.key)
+        store = self.store
+        entry = store.get(use.key) if isinstance(store, LocalStore) else await store.get(use.key)
         if (
             entry is not None
             and use.max_age is not None
@@ -53,15 +88,19 @@ class Cache:
         return entry
 
     def keep(self, use: policy.Use, entry: Entry) -> None:
-        """Store in the background: the client has its reply already, and a slow Redis must
-        not hold the next request on its connection."""
-        task = asyncio.get_running_loop().create_task(self.store.put(use.key, entry, use.ttl))
+        """Store: in memory at once; on Redis in the background, since the client has its
+        reply already and a slow Redis must not hold the next request on its connection."""
+        if self.local is not None:
+            self.local.put(use.key, entry, use.ttl)
+            return
+        store = self.store
+        assert isinstance(store, RedisStore)
+        task = asyncio.get_running_loop().create_task(store.put(use.key, entry, use.ttl))
         self._keeping.add(task)
         task.add_done_callback(self._keeping.discard)
 
     async def close(self) -> None:
         if self._keeping:
             await asyncio.wait(self._keeping, timeout=1.0)
-        closer = getattr(self.store, "close", None)
-        if closer is not None:
-            await closer()
+        if isinstance(self.store, RedisStore) and self.owns_store:
+            await self.store.close()

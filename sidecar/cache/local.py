@@ -1,5 +1,6 @@
 """type: local: entries in this process's memory, bounded in bytes, least recently used out
-first, each gone after its ttl. No I/O; the clock is injected."""
+first, each gone after its ttl. No I/O, so no awaits: a lookup and a store cost a dict
+operation each. The clock is injected."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class LocalStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def get(self, key: str) -> Entry | None:
+    def get(self, key: str) -> Entry | None:
         found = self._entries.get(key)
         if found is None:
             return None
@@ -34,7 +35,7 @@ class LocalStore:
         self._entries.move_to_end(key)
         return entry
 
-    async def put(self, key: str, entry: Entry, ttl: float) -> None:
+    def put(self, key: str, entry: Entry, ttl: float) -> None:
         size = entry.size
         if size > self.max_entry:
             return

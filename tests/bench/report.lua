@@ -15,6 +15,16 @@ if pause then
   delay = function() return pause end
 end
 
+-- $BENCH_DISTINCT: every request's body differs, "@N@" in it replaced by a running number.
+if os.getenv("BENCH_DISTINCT") then
+  local template = wrk.body
+  local n = 0
+  request = function()
+    n = n + 1
+    return wrk.format(nil, nil, nil, (template:gsub("@N@", tostring(n))))
+  end
+end
+
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

@@ -62,6 +62,14 @@ SCENARIOS = {
     ),
     "latency": ("(d) chat, 1 connection", "/v1/chat/completions", CHAT_BODY, 1),
     "paced": ("(g) chat, 64 conn., paced", "/v1/chat/completions", CHAT_BODY, 64),
+    # Every request's body differs (wrk numbers them): what the response cache costs when it
+    # never hits, against (a), where the cache answers every request but the first.
+    "distinct": (
+        "(h) chat, every body distinct, 64 conn.",
+        "/v1/chat/completions",
+        {**CHAT_BODY, "user": "bench-@N@"},
+        64,
+    ),
 }
 # Requests/s offered in (g): every target gets the same load, below what any of them saturates
 # at, so their CPU per request compares like with like. Under (a)'s saturating load nginx serves
@@ -162,13 +170,18 @@ def wait_http(port: int, path: str, limit: float = 10.0) -> float:
 
 
 def start_sidecar(
-    work: Path, upstream: int, workers: int = 1, limits: bool = False, redis: int | None = None
+    work: Path,
+    upstream: int,
+    workers: int = 1,
+    limits: bool = False,
+    redis: int | None = None,
+    cache: bool = False,
 ) -> Target:
     """The sidecar, one worker pinned to the proxy's CPU; or `workers` processes (--workers N)
     on every CPU, to show how it scales (then sharing CPU 1 with the load and the upstream).
     `limits`: the bench's key and deployments get rpm/tpm limits (never reached), counted in
     the process, or on the Redis at port `redis` (shared state)."""
-    config = work / f"sidecar-{workers}-{limits}-{redis}.yaml"
+    config = work / f"sidecar-{workers}-{limits}-{redis}-{cache}.yaml"
     rpm = "      rpm: 1000000000\n" if limits else ""
     text = f"""
 model_list:
@@ -200,6 +213,8 @@ sidecar_settings:
             )
     else:
         text += f"general_settings:\n  master_key: {KEY}\n"
+    if cache:
+        text += "litellm_settings:\n  cache: true\n"
     config.write_text(text)
     port = free_port()
     started = time.perf_counter()
@@ -213,6 +228,8 @@ sidecar_settings:
     name = "sidecar" if workers == 1 else f"sidecar --workers {workers}"
     if limits:
         name += " + limits on Redis" if redis is not None else " + limits"
+    if cache:
+        name += " + cache"
     target = Target(name, port, proc, start_s=time.perf_counter() - started)
     time.sleep(0.5)
     target.idle_rss_kib = status_kib(proc.pid, "VmRSS")
@@ -378,6 +395,8 @@ def wrk(
     env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_AUTH": KEY}
     if rate:
         env["BENCH_DELAY_MS"] = f"{connections * 1000 / rate:.3f}"
+    if "@N@" in body_file.read_text():
+        env["BENCH_DISTINCT"] = "1"
     out = subprocess.run(
         pinned(
             LOAD_CPU,
@@ -591,17 +610,20 @@ def main() -> int:
     default_streams = min(10_000, (hard - 200) // 2)
     parser.add_argument("--streams", type=int, default=default_streams, help="open streams for (e)")
     parser.add_argument("--hold", type=float, default=30.0, help="seconds each stream is held open")
-    parser.add_argument("--only", default="chat,stream,embeddings,latency,paced,tokens,streams")
+    parser.add_argument(
+        "--only", default="chat,stream,embeddings,latency,paced,distinct,tokens,streams"
+    )
     parser.add_argument("--token-streams", type=int, default=256, help="concurrent streams for (f)")
     parser.add_argument("--token-events", type=int, default=100, help="events per stream in (f)")
     parser.add_argument("--token-pace", type=float, default=0.02, help="seconds between events")
     parser.add_argument(
         "--targets",
-        default="direct,nginx,sidecar,workers,floor,limits,redis",
+        default="direct,nginx,sidecar,workers,floor,limits,redis,cache",
         help="workers: the sidecar with --workers 2, for (a) chat only; floor: the sidecar's "
         "own protocols and pool with no feature (tests/bench/floor.py); limits: rpm/tpm limits "
         "on the key and the deployments, counted in the process; redis: the same limits shared "
-        "on a redis-server (limits and redis: chat, stream and paced only)",
+        "on a redis-server (limits and redis: chat, stream and paced only); cache: the response "
+        "cache on (type local): hits on chat and stream, misses on distinct",
     )
     parser.add_argument(
         "--upstream",
@@ -655,6 +677,8 @@ def main() -> int:
                 targets.append(start_sidecar(work, up_port, workers=2))
             if "floor" in wanted:
                 targets.append(start_floor(up_port))
+            if "cache" in wanted:
+                targets.append(start_sidecar(work, up_port, cache=True))
             if "limits" in wanted:
                 targets.append(start_sidecar(work, up_port, limits=True))
             if "redis" in wanted:
@@ -671,6 +695,10 @@ def main() -> int:
                         continue  # started for the shared-state target, not measured itself
                     if "limits" in target.name and scenario not in ("chat", "paced", "stream"):
                         continue  # what limits cost shows on chat
+                    if "cache" in target.name and scenario not in ("chat", "stream", "distinct"):
+                        continue  # hits on (a) and (b), misses on (h)
+                    if scenario == "distinct" and target.name not in ("sidecar", "sidecar + cache"):
+                        continue
                     if scenario == "tokens":
                         results[scenario][target.name] = token_streams(
                             target, upstream, args.token_streams, args.token_events, args.token_pace
