@@ -249,4 +249,6 @@ async def _mock(
         await pipe.send_events(reply, mock.stream(body, endpoint, model, text), headers)
         return
     fields = [("Content-Type", "application/json"), *headers.items()]
+    if reply.tee is not None:
+        reply.tee.content_type = "application/json"
     reply.send(200, fields, mock.reply(body, endpoint, model, text))

@@ -33,6 +33,8 @@ async def relay(
     replies never are), with our `named` headers added. Ends `exchange` in every case."""
     headers, content_type = reply_headers(exchange.headers, named, secrets)
     reason = redact_text(exchange.reason, secrets)
+    if reply.tee is not None:  # the response cache keeps the reply as the client gets it
+        reply.tee.content_type = content_type
     deployment_id = named[DEPLOYMENT_HEADER]
     try:
         if exchange.status >= 400:
@@ -195,6 +197,8 @@ class _Translated:
 async def send_events(reply: Responder, events: Iterable[bytes], headers: dict[str, str]) -> None:
     """A stream the gateway writes itself (mock replies), framed like an upstream's."""
     fields = [("Content-Type", "text/event-stream"), *STREAM_HEADERS.items(), *headers.items()]
+    if reply.tee is not None:
+        reply.tee.content_type = "text/event-stream"
     reply.start(200, fields)
     for event in events:
         await reply.write(event)

@@ -313,3 +313,43 @@ async def test_a_redis_that_is_down_makes_the_cache_miss(
         got = [(await post(http, sidecar, CHAT))[:2] for _ in range(3)]
     assert got == [(200, "miss")] * 3
     assert len(upstream_calls(upstream)) == 3
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_rss_stays_within_the_bound(upstream: FakeUpstream, tmp_path: Path) -> None:
+    # 25 MB of distinct replies through a cache of 2 MiB: the process grows by about the
+    # bound, not by what went through it.
+    path = tmp_path / "t.yaml"
+    # No access log: nobody reads this process's stdout, whose pipe would fill up.
+    text = table(upstream, "    max_bytes: 2097152").replace(
+        "sidecar_settings:\n", "sidecar_settings:\n  access_log: false\n"
+    )
+    path.write_text(text)
+    proc, port = start(path)
+    try:
+        await wait_ready(port)
+        url = f"http://127.0.0.1:{port}/v1/embeddings"
+        headers = {"Authorization": f"Bearer {KEY_A}"}
+        async with aiohttp.ClientSession() as http:
+
+            async def send(first: int, count: int) -> None:
+                for i in range(first, first + count):
+                    body = {"model": "m", "input": [f"text {i} {j}" for j in range(40)]}
+                    async with http.post(url, json=body, headers=headers) as r:
+                        assert r.status == 200
+                        assert len(await r.read()) > 2500
+
+            await send(0, 500)  # warm: what any process allocates once
+            before = rss_kib(proc.pid)
+            await asyncio.gather(*(send(1000 + k * 2500, 2500) for k in range(4)))
+            grown = rss_kib(proc.pid) - before
+        assert grown < 8 * 1024, f"RSS grew by {grown} KiB through a 2 MiB cache"
+    finally:
+        code, _, err = stop(proc)
+        assert code == 0, err

@@ -43,7 +43,15 @@ class Cache:
         controls: Any,
         headers: Mapping[str, str],
     ) -> policy.Use | None:
-        return policy.use(self.settings, endpoint, group, scope, body, controls, headers)
+        settings = self.settings
+        if controls is None and settings.default_on and "cache-control" not in headers:
+            # The common case, no controls at all: read and store, for the table's ttl.
+            if endpoint not in settings.endpoints:
+                return None
+            return policy.Use(
+                policy.key(endpoint, group, scope, body), True, True, settings.ttl, None
+            )
+        return policy.use(settings, endpoint, group, scope, body, controls, headers)
 
     async def answer(self, use: policy.Use | None, reply: Responder, outcome: Outcome) -> bool:
         """True when an entry answered (no upstream call, no tokens; it still counted toward
@@ -67,12 +75,22 @@ class Cache:
     def kept(self, use: policy.Use, reply: Responder) -> None:
         """A reply that came whole and clean, 200, is kept; a cut stream or an error never."""
         tee = reply.tee
-        if not use.store or tee is None or tee.parts is None:
+        if not use.store or tee is None or tee.parts is None or not tee.content_type:
             return
         if reply.status != 200 or not reply.done:
             return
-        stream = tee.content_type.startswith("text/event-stream")
-        self.keep(use, Entry(time.time(), stream, tee.content_type, b"".join(tee.parts)))
+        content_type = tee.content_type
+        parts = tee.parts
+        entry = Entry(
+            time.time(),
+            content_type.startswith("text/event-stream"),
+            content_type,
+            parts[0] if len(parts) == 1 else b"".join(parts),
+        )
+        if self.local is not None:
+            self.local.put(use.key, entry, use.ttl)
+        else:
+            self.keep(use, entry)
 
     async def lookup(self, use: policy.Use) -> Entry | None:
         if not use.read:

@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from sidecar.cache.entry import Entry
 
+OVERHEAD = 440  # bytes an entry takes beyond its body (measured: its key, tuples, dict slot)
+
 
 class LocalStore:
     def __init__(self, max_bytes: int, clock: Callable[[], float] = time.time) -> None:
@@ -17,9 +19,8 @@ class LocalStore:
         self.max_entry = max_bytes // 4  # one reply may take a quarter of the room at most
         self.clock = clock
         self.bytes = 0
-        self._entries: OrderedDict[str, tuple[float, Entry]] = (
-            OrderedDict()
-        )  # key -> (expires, entry)
+        # key -> (when it expires, the entry, the bytes it is counted for)
+        self._entries: OrderedDict[str, tuple[float, Entry, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -28,24 +29,23 @@ class LocalStore:
         found = self._entries.get(key)
         if found is None:
             return None
-        expires, entry = found
-        if expires <= self.clock():
+        if found[0] <= self.clock():
             self._drop(key)
             return None
         self._entries.move_to_end(key)
-        return entry
+        return found[1]
 
     def put(self, key: str, entry: Entry, ttl: float) -> None:
-        size = entry.size
+        size = len(entry.body) + len(entry.content_type) + OVERHEAD
         if size > self.max_entry:
             return
-        if key in self._entries:
+        entries = self._entries
+        if key in entries:
             self._drop(key)
-        self._entries[key] = (self.clock() + ttl, entry)
+        entries[key] = (self.clock() + ttl, entry, size)
         self.bytes += size
         while self.bytes > self.max_bytes:
-            self._drop(next(iter(self._entries)))
+            self._drop(next(iter(entries)))
 
     def _drop(self, key: str) -> None:
-        _, entry = self._entries.pop(key)
-        self.bytes -= entry.size
+        self.bytes -= self._entries.pop(key)[2]

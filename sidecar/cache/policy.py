@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -20,9 +19,8 @@ from sidecar.routes import Endpoint
 HIT, MISS, BYPASS = "hit", "miss", "bypass"
 
 
-@dataclass(frozen=True, slots=True)
-class Use:
-    """What a request may do with the cache."""
+class Use(NamedTuple):
+    """What a request may do with the cache (a tuple: one is made for every request)."""
 
     key: str
     read: bool  # an entry may answer it
@@ -82,10 +80,8 @@ def key(endpoint: Endpoint, group: str, scope: str, body: dict[str, Any]) -> str
     """The entry's name: the endpoint (with or without /v1 it is one), the model group, the
     caller's key and the body in canonical form (keys sorted), hashed."""
     canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-    digest = hashlib.sha256()
-    digest.update(f"{endpoint.value}\0{group}\0{scope}\0".encode())
-    digest.update(canonical)
-    return digest.hexdigest()
+    named = f"{endpoint.value}\0{group}\0{scope}\0".encode()
+    return hashlib.sha256(named + canonical).hexdigest()
 
 
 def _invalid(why: str) -> errors.GatewayError:

@@ -118,7 +118,8 @@ CLOCK = _Clock()
 
 class Tee:
     """A copy of a reply's body as it is written (a stream's pieces without their chunk
-    framing), and its content type; given up past `limit` bytes (then `parts` is None)."""
+    framing), and its content type (set by whoever knows it); given up past `limit` bytes
+    (then `parts` is None)."""
 
     __slots__ = ("content_type", "limit", "parts", "size")
 
@@ -177,11 +178,8 @@ class Responder:
         if self._conn.closing:
             self.keep_alive = False
         lines = [f"HTTP/1.1 {status} {reason or REASONS.get(status, '')}\r\n"]
-        tee = self.tee
         for name, value in fields:
             lines.append(f"{name}: {value}\r\n")
-            if tee is not None and name.lower() == "content-type":
-                tee.content_type = value
         for name, value in self.always:
             lines.append(f"{name}: {value}\r\n")
         text = "".join(lines)
