@@ -18,7 +18,7 @@ from sidecar import errors, mock, outbound, pipe, requestid, usage
 from sidecar import request as requests
 from sidecar.deployment import Deployment
 from sidecar.failover import MAX_RETRY_AFTER, Failure, pause
-from sidecar.headers import ATTEMPTS_HEADER, DEPLOYMENT_HEADER, client_headers
+from sidecar.headers import ATTEMPTS_HEADER, DEPLOYMENT_HEADER, IDENTITY, client_headers
 from sidecar.http.message import Responder
 from sidecar.metrics import Metrics
 from sidecar.origin import UpstreamError
@@ -70,6 +70,10 @@ class Attempts:
         fallback_names = state.fallback_names(found.group.name)
         chain = itertools.chain((found,), state.fallbacks(fallback_names))
         accept, encoding = client_headers(client)
+        if reply.tee is not None:
+            # The response cache keeps this reply for any client, whatever it accepts: it
+            # is asked for uncompressed, and kept and sent so.
+            encoding = IDENTITY
         outcome.stream = body.get("stream") is True
         last: Failure | None = None
         retry_at: dict[str, float] = {}  # deployment -> when its Retry-After ends

@@ -33,8 +33,11 @@ async def relay(
     replies never are), with our `named` headers added. Ends `exchange` in every case."""
     headers, content_type = reply_headers(exchange.headers, named, secrets)
     reason = redact_text(exchange.reason, secrets)
-    if reply.tee is not None:  # the response cache keeps the reply as the client gets it
-        reply.tee.content_type = content_type
+    tee = reply.tee
+    if tee is not None:  # the response cache keeps the reply as the client gets it
+        tee.content_type = content_type
+        if _encoded(headers):
+            tee.parts = None  # asked for identity, sent compressed anyway: kept for nobody
     deployment_id = named[DEPLOYMENT_HEADER]
     try:
         if exchange.status >= 400:
@@ -136,6 +139,13 @@ async def _translate(
             return
         await reply.write(chunk)
         done = chunk.endswith(DONE_EVENTS)
+
+
+def _encoded(headers: list[tuple[str, str]]) -> bool:
+    return any(
+        k.lower() == "content-encoding" and v.strip().lower() not in ("", "identity")
+        for k, v in headers
+    )
 
 
 async def read_error(exchange: Exchange, deployment_id: str) -> bytes:

@@ -4,6 +4,7 @@ upstream, in memory and on a real redis-server shared by two sidecar processes."
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 from pathlib import Path
 
@@ -353,3 +354,56 @@ async def test_rss_stays_within_the_bound(upstream: FakeUpstream, tmp_path: Path
     finally:
         code, _, err = stop(proc)
         assert code == 0, err
+
+
+async def test_compressed_replies_are_never_kept_for_another_client(
+    make_sidecar: MakeSidecar, upstream: FakeUpstream
+) -> None:
+    sidecar = await make_sidecar(table(upstream))
+    async with aiohttp.ClientSession() as http:
+        status, cache, body = await post(http, sidecar, CHAT, **{"Accept-Encoding": "gzip"})
+        assert (status, cache) == (200, "miss")
+        assert upstream.last.headers["Accept-Encoding"] == "identity"  # asked plain, kept plain
+        async with http.post(
+            sidecar.url + "/v1/chat/completions",
+            json=CHAT,
+            headers={"Authorization": f"Bearer {KEY_A}", "Accept-Encoding": "identity"},
+        ) as r:
+            assert r.headers["x-sidecar-cache"] == "hit"
+            assert "Content-Encoding" not in r.headers
+            assert await r.read() == body
+
+    async def gzips_anyway(request: web.Request, got: Received) -> web.StreamResponse:
+        data = gzip.compress(orjson.dumps({"id": "x", "object": "chat.completion", "choices": []}))
+        return web.Response(
+            body=data, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        )
+
+    upstream.scripts["/v1/chat/completions"] = gzips_anyway
+    other = {**CHAT, "messages": [{"role": "user", "content": "zipped"}]}
+    async with aiohttp.ClientSession() as http:
+        assert (await post(http, sidecar, other))[:2] == (200, "miss")
+        assert (await post(http, sidecar, other))[:2] == (200, "miss")  # never kept
+    assert len(upstream_calls(upstream)) == 3
+
+
+async def test_a_frozen_redis_makes_the_cache_miss_without_holding_requests(
+    make_sidecar: MakeSidecar, upstream: FakeUpstream, redis: RedisServer
+) -> None:
+    sidecar = await make_sidecar(
+        table(upstream, f"    type: redis\n    host: 127.0.0.1\n    port: {redis.port}")
+    )
+    async with aiohttp.ClientSession() as http:
+        assert (await post(http, sidecar, CHAT))[:2] == (200, "miss")
+        await asyncio.sleep(0.1)  # kept in the background
+        assert (await post(http, sidecar, CHAT))[:2] == (200, "hit")
+        redis.freeze()
+        try:
+            started = asyncio.get_running_loop().time()
+            got = [(await post(http, sidecar, CHAT))[:2] for _ in range(20)]
+            took = asyncio.get_running_loop().time() - started
+        finally:
+            redis.thaw()
+    assert got == [(200, "miss")] * 20  # answered by the upstream, every one
+    assert took < 5.0  # a hang guard, not a measurement: no request waits for Redis
+    assert len(upstream_calls(upstream)) == 21

@@ -1,19 +1,23 @@
 """type: redis: entries on the Redis every replica reads, so a reply made by one answers all.
 
 A lookup is the one Redis round trip the cache puts on a request's path. When Redis is away
-(down, slow, refusing) the lookup misses and the store is skipped: the cache never fails or
-holds a request beyond the link's short timeout, and after a failure it does not ask again
-for a second, so a dead Redis costs nothing per request.
+(down, slow, refusing) the lookup misses and the store is skipped: the cache never fails a
+request, holds one at most LOOKUP_TIMEOUT, and after a failure does not ask again for a
+second, so a dead Redis costs nothing per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from sidecar.cache.entry import Entry
 from sidecar.shared.link import Link, RedisDown
 
 QUIET = 1.0  # seconds without asking Redis after it failed
+# A lookup waits at most this long (a healthy Redis answers in a millisecond or two): a frozen
+# Redis costs one request this much, once a second, and no other request anything.
+LOOKUP_TIMEOUT = 0.05
 
 
 class RedisStore:
@@ -30,8 +34,9 @@ class RedisStore:
         if not self.up:
             return None
         try:
-            data = await self.link.command("GET", self.prefix + key)
-        except RedisDown:
+            async with asyncio.timeout(LOOKUP_TIMEOUT):
+                data = await self.link.command("GET", self.prefix + key)
+        except (RedisDown, TimeoutError):
             self.down_until = time.monotonic() + QUIET
             return None
         return None if data is None else Entry.decode(data)
