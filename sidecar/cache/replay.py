@@ -1,4 +1,4 @@
-"""A cached reply sent again: whole, or as the stream it was, one event per write."""
+"""A cached reply sent again: whole, or as the stream it was, one chunk per event."""
 
 from __future__ import annotations
 
@@ -13,8 +13,5 @@ async def replay(reply: Responder, entry: Entry, fields: Fields) -> None:
         reply.send(200, head, entry.body)
         return
     reply.start(200, [*head, *STREAM_HEADERS.items()])
-    parts = events(entry.body)
-    last = parts.pop() if parts else b""
-    for event in parts:
-        await reply.write(event)
-    reply.end(last)  # the last event and the end in one write, as a live stream ends
+    # Each event its own chunk, as a live stream's are; all of them in one write.
+    reply.end_with(events(entry.body))

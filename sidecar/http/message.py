@@ -272,6 +272,22 @@ class Responder:
         if not self._chunked:
             self._conn.close()  # a close-delimited body ends with the connection
 
+    def end_with(self, parts: list[bytes]) -> None:
+        """The rest of a stream, each part its own chunk, and its end: all in one write (a
+        stream replayed from memory need not wait between its events)."""
+        if self._chunked:
+            out = b"".join([b"%x\r\n%b\r\n" % (len(p), p) for p in parts if p]) + _LAST_CHUNK
+        else:
+            out = b"".join(parts)
+        self.sent += len(out)
+        if not self.started:
+            self.started = True
+            out = self._head + out
+        self.done = True
+        self._conn.send(out)
+        if not self._chunked:
+            self._conn.close()
+
     def abort(self) -> None:
         """End the connection without the end of the reply, so that a cut reply reads as cut."""
         self.keep_alive = False
