@@ -1,4 +1,5 @@
-"""Per-key rpm and tpm limits over a sliding minute: O(1) a request, no lock."""
+"""Per-key rpm and tpm limits over a sliding minute: O(1) a request, no lock. With shared
+state the windows are everyone's (shared.ledger), and with sync_interval 0 Redis admits."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Callable
 from sidecar import errors
 from sidecar.auth import ClientKey
 from sidecar.shared.ledger import Ledger, SharedWindow
+from sidecar.shared.link import RedisDown
+from sidecar.shared.sync import Sync
 from sidecar.window import Window
 
 
@@ -44,9 +47,19 @@ class KeyLimits:
             raise errors.rate_limited(key.name, what, window.wait(now))
         window.add(now, 1, tokens)
 
-    def counted(self, key: ClientKey, tokens: int) -> None:
-        """A request Redis admitted itself (sync_interval 0): recorded, not checked again."""
-        self.window(key).add(self.clock(), 1, tokens)
+    async def admit_exactly(self, sync: Sync, key: ClientKey, tokens: int) -> None:
+        """sync_interval 0: Redis admits, exactly, or raises the key's 429; while it is
+        away, the fallback (admit) does."""
+        try:
+            refused = await sync.admit(f"key:{key.name}", key.rpm, key.tpm, tokens)
+        except RedisDown:
+            self.admit(key, tokens)
+            return
+        if refused is not None:
+            wait, limit = refused
+            what = "requests-per-minute" if limit == "rpm" else "tokens-per-minute"
+            raise errors.rate_limited(key.name, what, wait)
+        self.window(key).add(self.clock(), 1, tokens)  # recorded, not checked again
 
     def used(self, key: ClientKey, correction: int) -> None:
         """Replace the estimate by what the upstream counted, once it has."""

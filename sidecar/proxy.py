@@ -25,7 +25,6 @@ from sidecar.outcome import Outcome, record
 from sidecar.router import Router
 from sidecar.routes import MODEL_ENDPOINTS, Endpoint, RouteError, match, model_id
 from sidecar.shared.ledger import Ledger
-from sidecar.shared.link import RedisDown
 from sidecar.shared.sync import Sync
 from sidecar.state import State
 from sidecar.upstream import Pool
@@ -229,7 +228,7 @@ class Gateway:
         estimate = len(raw) // 4  # tokens, until the reply's usage says
         sync = self.sync
         if sync is not None and sync.ledger.exact and (key.rpm is not None or key.tpm is not None):
-            await self._admit_exact(sync, key, estimate)
+            await self.limits.admit_exactly(sync, key, estimate)
         else:
             self.limits.admit(key, estimate)
         outcome.tokens = estimate
@@ -250,19 +249,6 @@ class Gateway:
             self.limits.used(key, outcome.tokens - estimate)
         if use is not None and self.cache is not None:
             self.cache.kept(use, reply)
-
-    async def _admit_exact(self, sync: Sync, key: auth.ClientKey, estimate: int) -> None:
-        """sync_interval 0: Redis admits, exactly; when it is away, the fallback does."""
-        try:
-            refused = await sync.admit(f"key:{key.name}", key.rpm, key.tpm, estimate)
-        except RedisDown:
-            self.limits.admit(key, estimate)
-            return
-        if refused is not None:
-            wait, limit = refused
-            what = "requests-per-minute" if limit == "rpm" else "tokens-per-minute"
-            raise errors.rate_limited(key.name, what, wait)
-        self.limits.counted(key, estimate)
 
 
 def _failure(reply: Responder, failure: errors.GatewayError) -> None:
