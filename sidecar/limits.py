@@ -30,15 +30,17 @@ class KeyLimits:
             self.windows[key.name] = window
         return window
 
-    def admit(self, key: ClientKey, tokens: int) -> None:
-        """Count a request of `tokens` (an estimate) against the key, or raise its 429."""
-        if key.rpm is None and key.tpm is None:
+    def admit(self, key: ClientKey, tokens: int, tpm: bool = True) -> None:
+        """Count a request of `tokens` (an estimate) against the key, or raise its 429;
+        `tpm` False: against its rpm only (a reply from the cache, which spends no tokens)."""
+        key_tpm = key.tpm if tpm else None
+        if key.rpm is None and key_tpm is None:
             return
         if self.shared is not None and self.shared.denying:
             raise errors.shared_state_down()
         now = self.clock()
         window = self.window(key)
-        if window.full(now, key.rpm, key.tpm):
+        if window.full(now, key.rpm, key_tpm):
             what = (
                 "requests-per-minute"
                 if key.rpm is not None and window.full(now, key.rpm, None)
@@ -47,13 +49,15 @@ class KeyLimits:
             raise errors.rate_limited(key.name, what, window.wait(now))
         window.add(now, 1, tokens)
 
-    async def admit_exactly(self, sync: Sync, key: ClientKey, tokens: int) -> None:
+    async def admit_exactly(
+        self, sync: Sync, key: ClientKey, tokens: int, tpm: bool = True
+    ) -> None:
         """sync_interval 0: Redis admits, exactly, or raises the key's 429; while it is
         away, the fallback (admit) does."""
         try:
-            refused = await sync.admit(f"key:{key.name}", key.rpm, key.tpm, tokens)
+            refused = await sync.admit(f"key:{key.name}", key.rpm, key.tpm if tpm else None, tokens)
         except RedisDown:
-            self.admit(key, tokens)
+            self.admit(key, tokens, tpm)
             return
         if refused is not None:
             wait, limit = refused

@@ -226,29 +226,39 @@ class Gateway:
                 headers={"Retry-After": "1"},
             )
         estimate = len(raw) // 4  # tokens, until the reply's usage says
-        sync = self.sync
-        if sync is not None and sync.ledger.exact and (key.rpm is not None or key.tpm is not None):
-            await self.limits.admit_exactly(sync, key, estimate)
-        else:
-            self.limits.admit(key, estimate)
-        outcome.tokens = estimate
         controls = body.pop("cache", None)  # LiteLLM's per-request cache controls: ours alone
-        use = None
+        cache = self.cache
+        use = entry = None
+        if cache is not None:
+            use = cache.use(endpoint, found.group.name, key, body, controls, request.headers)
+            entry = await cache.lookup(use)
+        if entry is not None:
+            # A hit counts toward the key's rpm, never its tpm: it spends no tokens.
+            assert cache is not None
+            await self._admit(key, 0, tpm=False)
+            await cache.hit(entry, reply, outcome)
+            return
+        await self._admit(key, estimate)
+        if cache is not None:
+            cache.missed(use, reply, outcome)
+        outcome.tokens = estimate
         try:
-            cache = self.cache
-            if cache is not None:
-                use = cache.use(
-                    endpoint, found.group.name, key.name, body, controls, request.headers
-                )
-                if await cache.answer(use, reply, outcome):
-                    return
             await self.attempts.run(
                 reply, request.headers, endpoint, raw, body, found, state, outcome
             )
         finally:
             self.limits.used(key, outcome.tokens - estimate)
-        if use is not None and self.cache is not None:
-            self.cache.kept(use, reply)
+        if use is not None and cache is not None:
+            cache.kept(use, reply)
+
+    async def _admit(self, key: auth.ClientKey, tokens: int, tpm: bool = True) -> None:
+        if key.rpm is None and (key.tpm is None or not tpm):
+            return
+        sync = self.sync
+        if sync is not None and sync.ledger.exact:
+            await self.limits.admit_exactly(sync, key, tokens, tpm)
+        else:
+            self.limits.admit(key, tokens, tpm)
 
 
 def _failure(reply: Responder, failure: errors.GatewayError) -> None:

@@ -107,16 +107,15 @@ async def start(
 
 
 def _cache(settings: CacheSettings, gateway: Gateway) -> Cache:
-    """The response cache: in this process's memory, or on Redis (the shared state's link
-    when it is the same Redis)."""
+    """The response cache: in this process's memory, or on Redis."""
     if settings.redis is None:
         return Cache(settings, LocalStore(settings.max_bytes))
+    from sidecar.cache.redis_store import CONNECTIONS
     from sidecar.shared.link import Link
 
-    sync = gateway.sync
-    same = sync is not None and sync.ledger.settings == settings.redis
-    link = sync.link if sync is not None and same else Link(settings.redis)
-    return Cache(settings, RedisStore(link, settings.namespace), owns_store=not same)
+    # Its own pool, apart from the sync's: a herd of lookups must not hold the sync up.
+    link = Link(settings.redis, CONNECTIONS)
+    return Cache(settings, RedisStore(link, settings.namespace))
 
 
 async def _share(gateway: Gateway, ledger: Ledger) -> None:

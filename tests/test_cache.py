@@ -4,6 +4,7 @@ upstream, in memory and on a real redis-server shared by two sidecar processes."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import socket
 from pathlib import Path
@@ -13,9 +14,10 @@ import orjson
 import pytest
 from aiohttp import web
 
+from sidecar import config as configs
 from sidecar.cache.local import LocalStore
 from tests.conftest import MakeSidecar, Sidecar
-from tests.fakes import FakeUpstream, Received, chat_chunks
+from tests.fakes import FakeUpstream, RawUpstream, Received, chat_chunks, sse
 from tests.redis_server import RedisServer
 from tests.test_cli import wait_ready
 from tests.test_ops import start, stop
@@ -231,12 +233,18 @@ async def test_one_key_is_never_answered_from_anothers_entries(
 async def test_a_hit_counts_toward_rpm_but_not_tpm(
     make_sidecar: MakeSidecar, upstream: FakeUpstream
 ) -> None:
-    # Each reply reports 8 tokens. rpm 4: the hits count as requests. tpm 12: only the miss
-    # spends tokens, so hits go on being admitted.
-    sidecar = await make_sidecar(table(upstream, keys="rpm: 4\n      tpm: 12"))
+    # Each reply reports 8 tokens. rpm 4: the hits count as requests. tpm 5: the miss spends
+    # the key's tokens and more, yet hits, which spend none, go on being served.
+    sidecar = await make_sidecar(table(upstream, keys="rpm: 4\n      tpm: 5"))
+    other = {**CHAT, "messages": [{"role": "user", "content": "not cached"}]}
     async with aiohttp.ClientSession() as http:
-        got = [(await post(http, sidecar, CHAT))[:2] for _ in range(5)]
+        got = [(await post(http, sidecar, CHAT))[:2] for _ in range(3)]
+        status, _, body = await post(http, sidecar, other)
+        got.append((await post(http, sidecar, CHAT))[:2])
+        got.append((await post(http, sidecar, CHAT))[:2])
     assert got == [(200, "miss"), (200, "hit"), (200, "hit"), (200, "hit"), (429, None)]
+    assert status == 429 and b"tokens-per-minute" in body  # a miss would spend tokens
+    assert len(upstream_calls(upstream)) == 1
 
 
 async def test_the_memory_bound_evicts_least_recently_used(
@@ -407,3 +415,91 @@ async def test_a_frozen_redis_makes_the_cache_miss_without_holding_requests(
     assert got == [(200, "miss")] * 20  # answered by the upstream, every one
     assert took < 5.0  # a hang guard, not a measurement: no request waits for Redis
     assert len(upstream_calls(upstream)) == 21
+
+
+async def test_a_reply_whose_end_cannot_be_told_from_a_cut_is_never_kept(
+    make_sidecar: MakeSidecar, upstream: FakeUpstream
+) -> None:
+    # Neither Content-Length nor chunked: the body ends with the connection, cut or not.
+    events = chat_chunks("m", ["one", "two"])
+    for content_type, body, request in (
+        ("text/event-stream", events[0] + events[1][:10], STREAM),  # died mid-event
+        ("application/json", b'{"id":"x","object":"chat.completion","choi', CHAT),  # truncated
+        ("application/json", orjson.dumps({"id": "x", "choices": []}), CHAT),  # whole, even
+    ):
+        raw = await RawUpstream(
+            reply=b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nConnection: close\r\n\r\n%s"
+            % (content_type.encode(), body)
+        ).start()
+        try:
+            sidecar = await make_sidecar(table(upstream).replace(upstream.base, raw.base))
+            async with aiohttp.ClientSession() as http:
+                for _ in range(2):
+                    with contextlib.suppress(aiohttp.ClientPayloadError):
+                        assert (await post(http, sidecar, request))[1] == "miss"
+            assert raw.requests == 2
+        finally:
+            await raw.stop()
+
+
+async def test_a_stream_that_reports_an_error_or_lacks_its_end_is_not_kept(
+    make_sidecar: MakeSidecar, upstream: FakeUpstream
+) -> None:
+    streams = [
+        [b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'],
+        chat_chunks("m", ["no", "done"])[:-1],  # ended cleanly, but without [DONE]
+    ]
+
+    async def script(request: web.Request, got: Received) -> web.StreamResponse:
+        return await sse(request, streams[0])
+
+    upstream.scripts["/v1/chat/completions"] = script
+    sidecar = await make_sidecar(table(upstream))
+    async with aiohttp.ClientSession() as http:
+        for _ in range(2):
+            assert [(await post(http, sidecar, STREAM))[1] for _ in range(2)] == ["miss"] * 2
+            streams.pop(0)
+    assert len(upstream_calls(upstream)) == 4
+
+
+async def test_controls_are_checked_whenever_the_cache_is_on(
+    make_sidecar: MakeSidecar, upstream: FakeUpstream
+) -> None:
+    sidecar = await make_sidecar(table(upstream, "    supported_call_types: [aembedding]"))
+    async with aiohttp.ClientSession() as http:
+        for controls in ("yes", {"ttl": 1e20}, {"s-maxage": -1}, {"no-store": "true"}):
+            status, _, body = await post(http, sidecar, {**CHAT, "cache": controls})
+            assert status == 400, controls
+            assert orjson.loads(body)["error"]["code"] == "invalid_cache_control"
+
+
+async def test_a_name_given_to_a_new_key_does_not_inherit_the_old_ones_entries(
+    make_sidecar: MakeSidecar, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    text = table(upstream)
+    sidecar = await make_sidecar(text)
+    async with aiohttp.ClientSession() as http:
+        assert (await post(http, sidecar, CHAT))[1] == "miss"
+        path = tmp_path / "rekeyed.yaml"
+        path.write_text(text.replace(KEY_A, "sk-new-holder-of-a"))  # key 'a', a new secret
+        sidecar.running.gateway.reload(configs.load(path, {}))
+        assert (await post(http, sidecar, CHAT, key="sk-new-holder-of-a"))[1] == "miss"
+
+
+async def test_a_herd_of_lookups_on_a_healthy_redis_all_hit(
+    make_sidecar: MakeSidecar, upstream: FakeUpstream, redis: RedisServer
+) -> None:
+    sidecar = await make_sidecar(
+        table(upstream, f"    type: redis\n    host: 127.0.0.1\n    port: {redis.port}")
+    )
+    body = {"model": "m", "input": [f"a longer text, number {i}" for i in range(3000)]}
+    async with aiohttp.ClientSession() as http:
+        first = await post(http, sidecar, body, "/v1/embeddings")
+        assert first[1] == "miss" and len(first[2]) > 200_000
+        await asyncio.sleep(0.2)  # kept in the background
+        got = await asyncio.gather(
+            *(post(http, sidecar, body, "/v1/embeddings") for _ in range(50))
+        )
+    assert [g[1] for g in got] == ["hit"] * 50
+    assert all(g[2] == first[2] for g in got)
+    assert len(upstream_calls(upstream, "/embeddings")) == 1

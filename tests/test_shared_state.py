@@ -81,6 +81,14 @@ sidecar_settings:
 """
 
 
+async def clear_of_the_minutes_turn(needed: float = 8.0) -> None:
+    """Wait, when the minute of Redis's clock (this machine's) turns within `needed` seconds:
+    limits count whole minutes, and a test of exact counts must not straddle two of them."""
+    left = 60.0 - time.time() % 60.0
+    if left < needed:
+        await asyncio.sleep(left + 0.1)
+
+
 async def settle(*sidecars: Sidecar) -> None:
     """Every sidecar sends what it counted, then every one reads what all have sent."""
     for _ in range(2):
@@ -121,6 +129,7 @@ def chats(upstream: FakeUpstream) -> list[Received]:
 async def test_a_keys_rpm_is_one_budget_across_two_sidecars(
     make_sidecar: MakeSidecar, upstream: FakeUpstream, redis: RedisServer
 ) -> None:
+    await clear_of_the_minutes_turn()
     text = table(upstream, redis, key_limits="rpm: 5")
     one, two = await make_sidecar(text), await make_sidecar(text)
     clients = [one.openai(KEY), two.openai(KEY)]
@@ -143,6 +152,7 @@ async def test_a_keys_rpm_is_one_budget_across_two_sidecars(
 async def test_a_burst_overshoots_by_at_most_one_sync_interval(
     make_sidecar: MakeSidecar, upstream: FakeUpstream, redis: RedisServer
 ) -> None:
+    await clear_of_the_minutes_turn()
     # Both replicas take a burst of 30 each before either has synced: each admits up to the
     # limit from what it knows, so together at most 2 x rpm, never more; once synced, neither
     # admits another.
@@ -159,6 +169,7 @@ async def test_a_burst_overshoots_by_at_most_one_sync_interval(
 async def test_a_keys_tpm_counts_everyones_tokens(
     make_sidecar: MakeSidecar, upstream: FakeUpstream, redis: RedisServer
 ) -> None:
+    await clear_of_the_minutes_turn()
     # Each reply reports 8 tokens; the estimate of each request is replaced by that count.
     text = table(upstream, redis, key_limits="tpm: 30")
     one, two = await make_sidecar(text), await make_sidecar(text)
@@ -174,6 +185,7 @@ async def test_a_keys_tpm_counts_everyones_tokens(
 async def test_a_deployments_rpm_is_shared(
     make_sidecar: MakeSidecar, upstream: FakeUpstream, redis: RedisServer
 ) -> None:
+    await clear_of_the_minutes_turn()
     text = table(upstream, redis, router="  enable_pre_call_checks: true").replace(
         f"api_base: {upstream.base}\n", f"api_base: {upstream.base}\n      rpm: 3\n", 1
     )
@@ -299,6 +311,7 @@ async def test_a_frozen_redis_never_holds_a_request(
 async def test_redis_down_local_enforces_a_share_of_each_limit(
     make_sidecar: MakeSidecar, upstream: FakeUpstream, redis: RedisServer
 ) -> None:
+    await clear_of_the_minutes_turn()
     text = table(upstream, redis, key_limits="rpm: 10")
     one, two = await make_sidecar(text), await make_sidecar(text)
     await settle(one, two)
@@ -339,6 +352,7 @@ async def test_redis_down_deny_refuses_only_what_a_shared_limit_governs(
 async def test_sync_interval_zero_is_exact_under_concurrency(
     make_sidecar: MakeSidecar, upstream: FakeUpstream, redis: RedisServer
 ) -> None:
+    await clear_of_the_minutes_turn()
     text = table(upstream, redis, key_limits="rpm: 20", shared="sync_interval: 0")
     one, two = await make_sidecar(text), await make_sidecar(text)
     clients = [one.openai(KEY), two.openai(KEY)]
@@ -359,6 +373,7 @@ async def test_sync_interval_zero_is_exact_under_concurrency(
 async def test_sync_interval_zero_deployment_rpm_is_exact(
     make_sidecar: MakeSidecar, upstream: FakeUpstream, redis: RedisServer
 ) -> None:
+    await clear_of_the_minutes_turn()
     text = table(
         upstream, redis, shared="sync_interval: 0", router="  enable_pre_call_checks: true"
     ).replace(f"api_base: {upstream.base}\n", f"api_base: {upstream.base}\n      rpm: 7\n", 1)
@@ -373,6 +388,7 @@ async def test_sync_interval_zero_deployment_rpm_is_exact(
 async def test_scripts_run_by_eval_where_evalsha_is_refused(
     make_sidecar: MakeSidecar, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
+    await clear_of_the_minutes_turn()
     renamed = RedisServer(tmp_path, "--rename-command", "EVALSHA", "").start()
     try:
         text = table(upstream, renamed, key_limits="rpm: 3", shared="sync_interval: 0")
@@ -393,6 +409,7 @@ async def test_redis_password_stays_secret(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    await clear_of_the_minutes_turn()
     password = "redis-Pa55word-do-not-leak"
     guarded = RedisServer(tmp_path, "--requirepass", password).start()
     caplog.set_level(logging.DEBUG, "sidecar")
@@ -424,6 +441,7 @@ async def test_redis_password_stays_secret(
 async def test_workers_share_through_redis(
     upstream: FakeUpstream, redis: RedisServer, tmp_path: Path
 ) -> None:
+    await clear_of_the_minutes_turn()
     # Real processes: --workers 2 on one port, each worker its own instance in Redis.
     path = tmp_path / "t.yaml"
     path.write_text(table(upstream, redis, key_limits="rpm: 6", shared="sync_interval: 0.02"))
@@ -596,6 +614,7 @@ async def test_a_sync_that_timed_out_but_ran_is_not_counted_twice(
 async def test_a_limit_a_reload_adds_is_shared(
     make_sidecar: MakeSidecar, upstream: FakeUpstream, redis: RedisServer, tmp_path: Path
 ) -> None:
+    await clear_of_the_minutes_turn()
     text = table(upstream, redis)
     one, two = await make_sidecar(text), await make_sidecar(text)
     async with aiohttp.ClientSession() as http:
@@ -687,6 +706,7 @@ async def test_a_stopping_instance_sends_its_last_counts_and_leaves(
 async def test_a_redis_user_limited_to_what_the_scripts_run(
     make_sidecar: MakeSidecar, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
+    await clear_of_the_minutes_turn()
     # The README's ACL: scripting, reads, writes and TIME; no CLIENT, no EVALSHA needed.
     acl = tmp_path / "users.acl"
     acl.write_text(

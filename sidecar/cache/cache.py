@@ -1,5 +1,5 @@
 """The cache as a stage of the request pipeline: may this request use it (use), does an entry
-answer it (answer), is its reply kept (kept). Stores are `LocalStore` (memory) or
+answer it (lookup, then hit), or is its reply marked (missed) and kept (kept). Stores are `LocalStore` (memory) or
 `RedisStore`; keeping never delays a reply."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from sidecar.auth import ClientKey
 from sidecar.cache import policy
-from sidecar.cache.entry import Entry
+from sidecar.cache.entry import Entry, events
 from sidecar.cache.local import LocalStore
 from sidecar.cache.redis_store import RedisStore
 from sidecar.cache.replay import replay
@@ -23,14 +24,29 @@ from sidecar.routes import Endpoint
 MAX_ENTRY = 8 * 1024 * 1024  # bytes: a larger reply is passed on and not kept
 
 
+DONE = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n", b"data:[DONE]\n\n")
+
+
+def scope_of(key: ClientKey) -> str:
+    """Whose entries these are: the key's digest, not its name, which a later key may reuse."""
+    return key.digest.hex()
+
+
+def finished(stream: bytes) -> bool:
+    """A stream worth replaying: it ended as OpenAI-compatible streams end, with [DONE], and
+    no event of it is an error (servers report a failure mid-generation so, inside a 200)."""
+    if not stream.endswith(DONE):
+        return False
+    return not any(
+        e.removeprefix(b"data:").lstrip().startswith(b'{"error"') for e in events(stream)
+    )
+
+
 class Cache:
-    def __init__(
-        self, settings: CacheSettings, store: LocalStore | RedisStore, owns_store: bool = True
-    ) -> None:
+    def __init__(self, settings: CacheSettings, store: LocalStore | RedisStore) -> None:
         self.settings = settings
         self.store = store
         self.local = store if isinstance(store, LocalStore) else None  # no awaits, no tasks
-        self.owns_store = owns_store  # False: its Redis link is the shared state's, closed there
         self.max_entry = min(MAX_ENTRY, self.local.max_entry) if self.local else MAX_ENTRY
         self._keeping: set[asyncio.Task[None]] = set()
 
@@ -38,12 +54,13 @@ class Cache:
         self,
         endpoint: Endpoint,
         group: str,
-        scope: str,
+        key: ClientKey,
         body: dict[str, Any],
         controls: Any,
         headers: Mapping[str, str],
     ) -> policy.Use | None:
         settings = self.settings
+        scope = scope_of(key)
         if controls is None and settings.default_on and "cache-control" not in headers:
             # The common case, no controls at all: read and store, for the table's ttl.
             if endpoint not in settings.endpoints:
@@ -53,24 +70,22 @@ class Cache:
             )
         return policy.use(settings, endpoint, group, scope, body, controls, headers)
 
-    async def answer(self, use: policy.Use | None, reply: Responder, outcome: Outcome) -> bool:
-        """True when an entry answered (no upstream call, no tokens; it still counted toward
-        the key's rpm); else the reply is marked, and copied as it goes when it may be kept."""
+    async def hit(self, entry: Entry, reply: Responder, outcome: Outcome) -> None:
+        """An entry answers: no upstream call, no tokens."""
+        outcome.cache = policy.HIT
+        outcome.tokens = 0
+        outcome.stream = entry.stream
+        await replay(reply, entry, ((CACHE_HEADER, policy.HIT),))
+
+    def missed(self, use: policy.Use | None, reply: Responder, outcome: Outcome) -> None:
+        """The reply is marked, and copied as it goes when it may be kept."""
         if use is None:
             outcome.cache = policy.BYPASS
         else:
-            entry = await self.lookup(use)
-            if entry is not None:
-                outcome.cache = policy.HIT
-                outcome.tokens = 0
-                outcome.stream = entry.stream
-                await replay(reply, entry, ((CACHE_HEADER, policy.HIT),))
-                return True
             outcome.cache = policy.MISS
             if use.store:
                 reply.tee = Tee(self.max_entry)
         reply.always += ((CACHE_HEADER, outcome.cache),)
-        return False
 
     def kept(self, use: policy.Use, reply: Responder) -> None:
         """A reply that came whole and clean, 200, is kept; a cut stream or an error never."""
@@ -81,19 +96,18 @@ class Cache:
             return
         content_type = tee.content_type
         parts = tee.parts
-        entry = Entry(
-            time.time(),
-            content_type.startswith("text/event-stream"),
-            content_type,
-            parts[0] if len(parts) == 1 else b"".join(parts),
-        )
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        stream = content_type.lower().startswith("text/event-stream")
+        if stream and not finished(body):
+            return
+        entry = Entry(time.time(), stream, content_type, body)
         if self.local is not None:
             self.local.put(use.key, entry, use.ttl)
         else:
             self.keep(use, entry)
 
-    async def lookup(self, use: policy.Use) -> Entry | None:
-        if not use.read:
+    async def lookup(self, use: policy.Use | None) -> Entry | None:
+        if use is None or not use.read:
             return None
         store = self.store
         entry = store.get(use.key) if isinstance(store, LocalStore) else await store.get(use.key)
@@ -120,5 +134,5 @@ class Cache:
     async def close(self) -> None:
         if self._keeping:
             await asyncio.wait(self._keeping, timeout=1.0)
-        if isinstance(self.store, RedisStore) and self.owns_store:
+        if isinstance(self.store, RedisStore):
             await self.store.close()

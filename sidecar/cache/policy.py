@@ -17,6 +17,7 @@ from sidecar.config.cache import CacheSettings
 from sidecar.routes import Endpoint
 
 HIT, MISS, BYPASS = "hit", "miss", "bypass"
+MAX_TTL = 365 * 24 * 3600  # seconds: a year, as long as an entry may be asked to live
 
 
 class Use(NamedTuple):
@@ -40,8 +41,6 @@ def use(
 ) -> Use | None:
     """None when the request bypasses the cache. `controls` is the body's `cache` field,
     already taken out of `body`; `scope` the caller's key, so no key reads another's."""
-    if endpoint not in settings.endpoints:
-        return None
     no_cache = no_store = opted_in = False
     ttl = settings.ttl
     max_age = None
@@ -56,13 +55,19 @@ def use(
                 no_store |= name == "no-store" and value
                 opted_in |= name == "use-cache" and value
             elif name in ("ttl", "s-maxage"):
-                if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                    raise _invalid(f"'{name}' must be a number of seconds")
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, int | float)
+                    or not 0 <= value <= MAX_TTL
+                ):
+                    raise _invalid(f"'{name}' must be a number of seconds up to {MAX_TTL}")
                 if name == "ttl":
                     ttl = float(value)
                 else:
                     max_age = float(value)
             # Other names (LiteLLM's `namespace`, ...) are LiteLLM's own: ignored, as there.
+    if endpoint not in settings.endpoints:
+        return None
     directives = headers.get("cache-control")
     if directives:
         tokens = {d.strip().lower() for d in directives.split(",")}

@@ -15,9 +15,11 @@ from sidecar.cache.entry import Entry
 from sidecar.shared.link import Link, RedisDown
 
 QUIET = 1.0  # seconds without asking Redis after it failed
-# A lookup waits at most this long (a healthy Redis answers in a millisecond or two): a frozen
-# Redis costs one request this much, once a second, and no other request anything.
-LOOKUP_TIMEOUT = 0.05
+# A lookup waits at most this long, connection from the pool included: a frozen Redis costs
+# the requests of that moment this much, once a second, and no other request anything. Short
+# enough for that, long enough for a herd of lookups of a large entry on a healthy Redis.
+LOOKUP_TIMEOUT = 0.25
+CONNECTIONS = 64  # the cache's own pool: lookups come with requests, many at once
 
 
 class RedisStore:

@@ -79,8 +79,12 @@ def cache_settings(
                 raise ConfigError(at, "must be local or redis (the backends this gateway runs)")
             values["kind"] = value
         elif key == "ttl":
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(at, "must be a positive number of seconds")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 < value <= 365 * 24 * 3600
+            ):
+                raise ConfigError(at, "must be a positive number of seconds, up to a year")
             values["ttl"] = float(value)
         elif key == "namespace":
             if not isinstance(value, str) or not value or any(c in value for c in " \t\r\n"):

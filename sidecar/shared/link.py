@@ -21,7 +21,7 @@ class RedisDown(Exception):
 
 
 class Link:
-    def __init__(self, settings: SharedSettings) -> None:
+    def __init__(self, settings: SharedSettings, connections: int = POOL) -> None:
         # The optional extra: imported only when a Redis is configured.
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
@@ -42,7 +42,7 @@ class Link:
             socket_timeout=TIMEOUT,
             socket_connect_timeout=TIMEOUT,
             retry=Retry(NoBackoff(), 0),
-            max_connections=POOL,
+            max_connections=connections,
             timeout=TIMEOUT,  # waiting for a free connection
             # No client_name: CLIENT SETNAME on every connection, which an ACL may deny.
             **tls,
