@@ -41,4 +41,14 @@ def describe(config: Config) -> str:
             f"shared state: {shared.target}{auth_note}, namespace {shared.namespace}, {every}, "
             f"on Redis down: {shared.on_redis_down}"
         )
+    cache = config.cache
+    if cache is not None:
+        where = (
+            f"in memory, up to {cache.max_bytes // (1024 * 1024)} MiB"
+            if cache.redis is None
+            else f"on {cache.redis.target}, namespace {cache.namespace}"
+        )
+        served = ", ".join(e.value for e in Endpoint if e in cache.endpoints)
+        mode = "default_on" if cache.default_on else "default_off"
+        lines.append(f"response cache: {where}, ttl {cache.ttl:g} s, {mode}, for {served}")
     return "\n".join(lines)

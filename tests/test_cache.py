@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from sidecar import config as configs
+from sidecar.describe import describe
 from sidecar.cache.local import LocalStore
 from tests.conftest import MakeSidecar, Sidecar
 from tests.fakes import FakeUpstream, RawUpstream, Received, chat_chunks, sse
@@ -286,6 +287,8 @@ async def test_type_redis_is_shared_by_two_sidecar_processes(
             f"    type: redis\n    host: 127.0.0.1\n    port: {redis.port}\n    namespace: t",
         )
     )
+    checked = describe(configs.load(path, {}))
+    assert f"response cache: on redis://127.0.0.1:{redis.port}/0, namespace t, ttl 600 s" in checked
     procs = [start(path), start(path)]
     try:
         for _, port in procs:
