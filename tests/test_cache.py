@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 
 from sidecar import config as configs
-from sidecar.describe import describe
 from sidecar.cache.local import LocalStore
+from sidecar.describe import describe
 from tests.conftest import MakeSidecar, Sidecar
 from tests.fakes import FakeUpstream, RawUpstream, Received, chat_chunks, sse
 from tests.redis_server import RedisServer
