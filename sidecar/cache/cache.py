@@ -1,6 +1,6 @@
 """The cache as a stage of the request pipeline: may this request use it (use), does an entry
-answer it (lookup, then hit), or is its reply marked (missed) and kept (kept). Stores are `LocalStore` (memory) or
-`RedisStore`; keeping never delays a reply."""
+answer it (lookup, then hit), or is its reply marked (missed) and kept (kept). Stores are
+`LocalStore` (memory) or `RedisStore`; keeping never delays a reply."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from sidecar.auth import ClientKey
 from sidecar.cache import policy
-from sidecar.cache.entry import Entry, events
+from sidecar.cache.entry import Entry, finished
 from sidecar.cache.local import LocalStore
 from sidecar.cache.redis_store import RedisStore
 from sidecar.cache.replay import replay
@@ -24,22 +24,9 @@ from sidecar.routes import Endpoint
 MAX_ENTRY = 8 * 1024 * 1024  # bytes: a larger reply is passed on and not kept
 
 
-DONE = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n", b"data:[DONE]\n\n")
-
-
 def scope_of(key: ClientKey) -> str:
     """Whose entries these are: the key's digest, not its name, which a later key may reuse."""
     return key.digest.hex()
-
-
-def finished(stream: bytes) -> bool:
-    """A stream worth replaying: it ended as OpenAI-compatible streams end, with [DONE], and
-    no event of it is an error (servers report a failure mid-generation so, inside a 200)."""
-    if not stream.endswith(DONE):
-        return False
-    return not any(
-        e.removeprefix(b"data:").lstrip().startswith(b'{"error"') for e in events(stream)
-    )
 
 
 class Cache:

@@ -52,3 +52,16 @@ def events(body: bytes) -> list[bytes]:
         out.append(body[start : at + length])
         start = at + length
     return out
+
+
+DONE = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n", b"data:[DONE]\n\n")
+
+
+def finished(stream: bytes) -> bool:
+    """A stream worth replaying: it ended as OpenAI-compatible streams end, with [DONE], and
+    no event of it is an error (servers report a failure mid-generation so, inside a 200)."""
+    if not stream.endswith(DONE):
+        return False
+    return not any(
+        e.removeprefix(b"data:").lstrip().startswith(b'{"error"') for e in events(stream)
+    )
