@@ -53,7 +53,9 @@ class KeyLimits:
         self, sync: Sync, key: ClientKey, tokens: int, tpm: bool = True
     ) -> None:
         """sync_interval 0: Redis admits, exactly, or raises the key's 429; while it is
-        away, the fallback (admit) does."""
+        away, the fallback (admit) does. A key without limits never asks Redis."""
+        if key.rpm is None and (key.tpm is None or not tpm):
+            return
         try:
             refused = await sync.admit(f"key:{key.name}", key.rpm, key.tpm if tpm else None, tokens)
         except RedisDown:

@@ -252,8 +252,6 @@ class Gateway:
             cache.kept(use, reply)
 
     async def _admit(self, key: auth.ClientKey, tokens: int, tpm: bool = True) -> None:
-        if key.rpm is None and (key.tpm is None or not tpm):
-            return
         sync = self.sync
         if sync is not None and sync.ledger.exact:
             await self.limits.admit_exactly(sync, key, tokens, tpm)

@@ -33,8 +33,9 @@ class Cache:
     def __init__(self, settings: CacheSettings, store: LocalStore | RedisStore) -> None:
         self.settings = settings
         self.store = store
-        self.local = store if isinstance(store, LocalStore) else None  # no awaits, no tasks
-        self.max_entry = min(MAX_ENTRY, self.local.max_entry) if self.local else MAX_ENTRY
+        self.max_entry = (
+            min(MAX_ENTRY, store.max_entry) if isinstance(store, LocalStore) else MAX_ENTRY
+        )
         self._keeping: set[asyncio.Task[None]] = set()
 
     def use(
@@ -46,16 +47,7 @@ class Cache:
         controls: Any,
         headers: Mapping[str, str],
     ) -> policy.Use | None:
-        settings = self.settings
-        scope = scope_of(key)
-        if controls is None and settings.default_on and "cache-control" not in headers:
-            # The common case, no controls at all: read and store, for the table's ttl.
-            if endpoint not in settings.endpoints:
-                return None
-            return policy.Use(
-                policy.key(endpoint, group, scope, body), True, True, settings.ttl, None
-            )
-        return policy.use(settings, endpoint, group, scope, body, controls, headers)
+        return policy.use(self.settings, endpoint, group, scope_of(key), body, controls, headers)
 
     async def hit(self, entry: Entry, reply: Responder, outcome: Outcome) -> None:
         """An entry answers: no upstream call, no tokens."""
@@ -88,10 +80,7 @@ class Cache:
         if stream and not finished(body):
             return
         entry = Entry(time.time(), stream, content_type, body)
-        if self.local is not None:
-            self.local.put(use.key, entry, use.ttl)
-        else:
-            self.keep(use, entry)
+        self.keep(use, entry)
 
     async def lookup(self, use: policy.Use | None) -> Entry | None:
         if use is None or not use.read:
@@ -109,11 +98,10 @@ class Cache:
     def keep(self, use: policy.Use, entry: Entry) -> None:
         """Store: in memory at once; on Redis in the background, since the client has its
         reply already and a slow Redis must not hold the next request on its connection."""
-        if self.local is not None:
-            self.local.put(use.key, entry, use.ttl)
-            return
         store = self.store
-        assert isinstance(store, RedisStore)
+        if isinstance(store, LocalStore):  # no awaits, no task
+            store.put(use.key, entry, use.ttl)
+            return
         task = asyncio.get_running_loop().create_task(store.put(use.key, entry, use.ttl))
         self._keeping.add(task)
         task.add_done_callback(self._keeping.discard)

@@ -41,6 +41,11 @@ def use(
 ) -> Use | None:
     """None when the request bypasses the cache. `controls` is the body's `cache` field,
     already taken out of `body`; `scope` the caller's key, so no key reads another's."""
+    if controls is None and settings.default_on and "cache-control" not in headers:
+        # The common case, no controls at all: read and store, for the table's ttl.
+        if endpoint not in settings.endpoints:
+            return None
+        return Use(key(endpoint, group, scope, body), True, True, settings.ttl, None)
     no_cache = no_store = opted_in = False
     ttl = settings.ttl
     max_age = None

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.config.shared_state import SharedSettings, redis_fields
+from sidecar.config.shared_state import SharedSettings, redis_fields, require_redis
 from sidecar.config.values import resolve
 from sidecar.deployment import ConfigError
 from sidecar.routes import Endpoint
@@ -104,13 +104,7 @@ def cache_settings(
                 raise ConfigError(at, "must be a number of bytes, at least 1024")
             values["max_bytes"] = value
     if values.get("kind") == "redis":
-        try:
-            import redis.asyncio as _client  # noqa: F401 - what the cache will run on
-        except ImportError:
-            raise ConfigError(
-                f"{where}.type",
-                "redis needs the redis package, which is not installed: pip install 'sidecar[redis]'",
-            ) from None
+        require_redis(f"{where}.type")
         given = {
             f"redis_{k}": resolve(params[k], env, f"{where}.{k}")
             for k in _REDIS

@@ -62,14 +62,7 @@ def shared_settings(
             )
         return None
     path, values = found
-    try:
-        import redis.asyncio  # noqa: F401 - what the sidecar will run on; imported at start anyway
-    except ImportError:
-        raise ConfigError(
-            path,
-            "Redis is configured but the redis package is not installed: "
-            "pip install 'sidecar[redis]'",
-        ) from None
+    require_redis(path)
     for key, value in (ours or {}).items():
         at = f"{where}.{key}"
         if key == "namespace":
@@ -92,6 +85,19 @@ def shared_settings(
             raise ConfigError(at, "unknown key (known: namespace, sync_interval, on_redis_down)")
         values[key] = value
     return SharedSettings(**values)
+
+
+def require_redis(path: str) -> None:
+    """A ConfigError at `path` when the redis package (the optional extra) is missing; it is
+    imported at start anyway, so checking here costs nothing."""
+    try:
+        import redis.asyncio  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            path,
+            "Redis is configured but the redis package is not installed: "
+            "pip install 'sidecar[redis]'",
+        ) from None
 
 
 def _redis(router: Mapping[str, Any], env: Mapping[str, str]) -> tuple[str, dict[str, Any]] | None:
