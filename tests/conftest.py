@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from hypothesis import settings
 from sidecar import config as configs
 from sidecar import server
 from tests.fakes import FakeUpstream
+from tests.redis_server import RedisServer
 
 # `make test` must pass or fail the same way every time: property tests draw a fixed sequence
 # of examples and keep no database between runs. HYPOTHESIS_PROFILE=explore draws new ones.
@@ -68,6 +69,14 @@ async def make_sidecar(tmp_path: Path) -> AsyncIterator[MakeSidecar]:
         for client in sidecar.clients:
             await client.close()
         await sidecar.running.stop()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, for this test alone."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

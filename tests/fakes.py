@@ -106,6 +106,28 @@ def fails_first(count: int, then: Script) -> Script:
     return script
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on (now): for a server to start on, or to be refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def dies_after(first: bytes) -> Script:
+    """A stream that sends `first`, then drops the connection: no end of the chunked body."""
+
+    async def script(request: web.Request, got: Received) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(first)
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    return script
+
+
 def answers_after(seconds: float, reply: dict[str, Any] | None = None) -> Script:
     """A script that keeps each call waiting `seconds`, then answers 200 with `reply` (a bare
     chat.completion object by default): a slow upstream."""

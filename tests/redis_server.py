@@ -13,13 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes import free_port
+
 START_LIMIT = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:

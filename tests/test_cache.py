@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import socket
 from pathlib import Path
 
 import aiohttp
@@ -18,9 +17,10 @@ from sidecar import config as configs
 from sidecar.cache.local import LocalStore
 from sidecar.describe import describe
 from tests.conftest import MakeSidecar, Sidecar
-from tests.fakes import FakeUpstream, RawUpstream, Received, chat_chunks, sse
+from tests.fakes import FakeUpstream, RawUpstream, Received, chat_chunks, dies_after, free_port, sse
 from tests.redis_server import RedisServer
 from tests.test_cli import wait_ready
+from tests.test_gateway import vllm
 from tests.test_ops import start, stop
 
 KEY_A, KEY_B = "sk-tenant-a-123", "sk-tenant-b-123"
@@ -29,13 +29,9 @@ STREAM = {**CHAT, "stream": True}
 
 
 def table(upstream: FakeUpstream, cache: str = "", keys: str = "", more: str = "") -> str:
-    return f"""
-model_list:
-  - model_name: m
-    litellm_params:
-      model: hosted_vllm/m
-      api_base: {upstream.base}
-litellm_settings:
+    return (
+        vllm(upstream, "m", "m")
+        + f"""litellm_settings:
   cache: true
   cache_params:
     ttl: 600
@@ -49,6 +45,7 @@ sidecar_settings:
     - name: b
       key: {KEY_B}
 """
+    )
 
 
 def upstream_calls(upstream: FakeUpstream, suffix: str = "/chat/completions") -> list[Received]:
@@ -144,20 +141,11 @@ async def test_cut_streams_and_errors_are_not_kept(
 ) -> None:
     events = chat_chunks("m", ["one", "two"])
 
-    async def dies(request: web.Request, got: Received) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await response.write(events[0])
-        await asyncio.sleep(0.05)
-        assert request.transport is not None
-        request.transport.close()
-        return response
-
     async def fails(request: web.Request, got: Received) -> web.StreamResponse:
         return web.json_response({"error": {"message": "bad", "type": "invalid"}}, status=400)
 
     sidecar = await make_sidecar(table(upstream))
-    upstream.scripts["/v1/chat/completions"] = dies
+    upstream.scripts["/v1/chat/completions"] = dies_after(events[0])
     async with aiohttp.ClientSession() as http:
         for _ in range(2):
             with pytest.raises(aiohttp.ClientPayloadError):
@@ -270,13 +258,6 @@ async def test_the_memory_bound_evicts_least_recently_used(
     assert 'sidecar_cache_requests_total{model="m",result="hit"} 1' in text
 
 
-@pytest.fixture
-def redis(tmp_path: Path) -> object:
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
-
-
 async def test_type_redis_is_shared_by_two_sidecar_processes(
     upstream: FakeUpstream, redis: RedisServer, tmp_path: Path
 ) -> None:
@@ -315,9 +296,7 @@ async def test_type_redis_is_shared_by_two_sidecar_processes(
 async def test_a_redis_that_is_down_makes_the_cache_miss(
     make_sidecar: MakeSidecar, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens: refused at once
+    port = free_port()  # nothing listens: refused at once
     sidecar = await make_sidecar(
         table(upstream, f"    type: redis\n    host: 127.0.0.1\n    port: {port}")
     )

@@ -16,7 +16,7 @@ import pytest
 
 from sidecar import __version__
 from tests.bench.run import tree
-from tests.test_errors import free_port
+from tests.fakes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = [ROOT / "deploy" / "config.example.yaml", ROOT / "deploy" / "config.example.toml"]

@@ -20,8 +20,8 @@ from sidecar import cli
 from sidecar import config as configs
 from sidecar.proxy import ADMIN_ENDPOINTS
 from sidecar.routes import Endpoint, match
+from tests.fakes import free_port
 from tests.test_cli import wait_ready
-from tests.test_errors import free_port
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 MANIFESTS = sorted((DEPLOY / "k8s").glob("*.yaml"))

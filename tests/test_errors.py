@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import socket
 import zlib
 
 import aiohttp
@@ -14,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import MakeSidecar
-from tests.fakes import FakeUpstream, Received
+from tests.fakes import FakeUpstream, Received, free_port
 from tests.test_gateway import vllm
 
 CHAT = {"model": "mistral", "messages": [{"role": "user", "content": "hi"}]}
@@ -174,12 +173,6 @@ async def test_upstream_error_passes_through(
     with pytest.raises(openai.RateLimitError) as caught:
         await sidecar.openai().chat.completions.create(**CHAT)  # type: ignore[call-overload]
     assert caught.value.code == "rl"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_unreachable_upstream_is_502(

@@ -18,9 +18,8 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import MakeSidecar
-from tests.fakes import FakeUpstream, Received, chat, chat_chunks, fails_first
+from tests.fakes import FakeUpstream, Received, chat, chat_chunks, fails_first, free_port
 from tests.test_cli import eventually, models, wait_ready
-from tests.test_errors import free_port
 from tests.test_gateway import vllm
 
 CHAT = {"model": "mistral", "messages": [{"role": "user", "content": "hi"}]}

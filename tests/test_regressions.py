@@ -280,7 +280,7 @@ async def test_each_deployment_s_retry_after_is_honoured(
 async def test_connect_failures_that_start_a_cooldown_still_answer_502(
     make_sidecar: MakeSidecar, http: aiohttp.ClientSession
 ) -> None:
-    from tests.test_errors import free_port
+    from tests.fakes import free_port
 
     entries = "".join(
         f"  - model_name: mistral\n    litellm_params: {{model: hosted_vllm/x, api_base: 'http://127.0.0.1:{free_port()}/v1'}}\n"

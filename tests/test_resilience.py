@@ -13,8 +13,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import MakeSidecar
-from tests.fakes import FakeUpstream, HangUp, Received, chat, chat_chunks, fails_first
-from tests.test_errors import free_port
+from tests.fakes import FakeUpstream, HangUp, Received, chat, chat_chunks, fails_first, free_port
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 LIMIT = 10.0  # seconds any single wait may take before the test fails

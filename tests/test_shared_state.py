@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -28,22 +28,16 @@ from aiohttp import web
 from sidecar import config as configs
 from sidecar.describe import describe
 from tests.conftest import MakeSidecar, Sidecar
-from tests.fakes import FakeUpstream, Received
-from tests.redis_server import RedisServer, free_port
+from tests.fakes import FakeUpstream, Received, free_port
+from tests.redis_server import RedisServer
 from tests.test_cli import eventually, wait_ready
+from tests.test_gateway import vllm
 from tests.test_ops import start, stop
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 KEY = "sk-team-key-123"
 MASTER = "sk-master-key-123"
 HANG_GUARD = 3.0  # seconds: a request slower than this is a hang, not a slow answer
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
 
 
 def table(
@@ -56,13 +50,9 @@ def table(
     deployments: str = "",
 ) -> str:
     namespace = f"test-{uuid.uuid4().hex[:8]}"  # what one test counts, no other sees
-    return f"""
-model_list:
-  - model_name: m
-    litellm_params:
-      model: hosted_vllm/m
-      api_base: {upstream.base}
-{deployments}
+    return (
+        vllm(upstream, "m", "m")
+        + f"""{deployments}
 router_settings:
   redis_host: 127.0.0.1
   redis_port: {redis.port}
@@ -79,6 +69,7 @@ sidecar_settings:
     namespace: {namespace}
     {shared}
 """
+    )
 
 
 async def clear_of_the_minutes_turn(needed: float = 8.0) -> None:

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import MakeSidecar
-from tests.fakes import FakeUpstream, Received, chat_chunks, sse
+from tests.fakes import FakeUpstream, Received, chat_chunks, dies_after, sse
 from tests.test_gateway import vllm
 
 STREAM = {"model": "mistral", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -156,16 +156,7 @@ async def test_upstream_dying_mid_stream_is_not_a_clean_end(
 ) -> None:
     events = chat_chunks("m", ["one", "two"])
 
-    async def dies(request: web.Request, got: Received) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await response.write(events[0])
-        await asyncio.sleep(0.05)
-        assert request.transport is not None
-        request.transport.close()
-        return response
-
-    upstream.scripts["/v1/chat/completions"] = dies
+    upstream.scripts["/v1/chat/completions"] = dies_after(events[0])
     sidecar = await make_sidecar(vllm(upstream))
     async with http.post(sidecar.url + "/v1/chat/completions", json=STREAM) as r:
         assert r.status == 200
