@@ -288,3 +288,31 @@ async def test_complete_streams_are_200_in_the_log(
     lines = [orjson.loads(x) for x in capfd.readouterr().out.splitlines() if x.startswith("{")]
     assert [x["status"] for x in lines] == [200] * 10
     assert all(x["bytes"] for x in lines)
+
+
+async def test_the_cache_keeps_and_replays_what_the_real_server_sent(
+    llama: Server, make_sidecar: MakeSidecar
+) -> None:
+    # The server's own framing decides what may be kept: a whole reply with its length, a
+    # stream chunked and ending with [DONE]. Both must be hits the second time.
+    cached = await make_sidecar(table(llama) + "litellm_settings:\n  cache: true\n")
+    client = cached.openai()
+    before = len(served(llama, "/v1/chat/completions"))
+    whole = [
+        await client.chat.completions.with_raw_response.create(model="tiny", messages=CHAT, **SAME)
+        for _ in range(2)
+    ]
+    assert [r.headers["x-sidecar-cache"] for r in whole] == ["miss", "hit"]
+    assert whole[1].content == whole[0].content and whole[0].parse().choices[0].message.content
+
+    async def streamed() -> tuple[str, list[str | None]]:
+        async with client.chat.completions.with_streaming_response.create(
+            model="tiny", messages=CHAT, stream=True, **SAME
+        ) as r:
+            deltas = [c.choices[0].delta.content async for c in await r.parse() if c.choices]
+            return r.headers["x-sidecar-cache"], deltas
+
+    first, second = await streamed(), await streamed()
+    assert (first[0], second[0]) == ("miss", "hit")
+    assert second[1] == first[1] and len(first[1]) > 3
+    assert len(served(llama, "/v1/chat/completions")) == before + 2  # one call each, no more
