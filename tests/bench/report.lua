@@ -15,10 +15,12 @@ if pause then
   delay = function() return pause end
 end
 
--- $BENCH_DISTINCT: every request's body differs, "@N@" in it replaced by a running number.
-if os.getenv("BENCH_DISTINCT") then
+-- $BENCH_DISTINCT: every request's body differs, "@N@" in it replaced by a running number
+-- that starts after the number $BENCH_DISTINCT gives.
+local first = tonumber(os.getenv("BENCH_DISTINCT") or "")
+if first then
   local template = wrk.body
-  local n = 0
+  local n = first
   request = function()
     n = n + 1
     return wrk.format(nil, nil, nil, (template:gsub("@N@", tostring(n))))

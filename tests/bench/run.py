@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -71,6 +72,7 @@ SCENARIOS = {
         64,
     ),
 }
+_DISTINCT_RUNS = itertools.count(1)  # wrk runs of (h) so far, each numbering its bodies apart
 # Requests/s offered in (g): every target gets the same load, below what any of them saturates
 # at, so their CPU per request compares like with like. Under (a)'s saturating load nginx serves
 # several times the sidecar's requests per wake-up, which lowers its cost per request.
@@ -214,7 +216,7 @@ sidecar_settings:
     else:
         text += f"general_settings:\n  master_key: {KEY}\n"
     if cache:
-        text += "litellm_settings:\n  cache: true\n"
+        text += "litellm_settings:\n  cache: true\n" + os.environ.get("XCACHE", "")
     config.write_text(text)
     port = free_port()
     started = time.perf_counter()
@@ -396,7 +398,9 @@ def wrk(
     if rate:
         env["BENCH_DELAY_MS"] = f"{connections * 1000 / rate:.3f}"
     if "@N@" in body_file.read_text():
-        env["BENCH_DISTINCT"] = "1"
+        # Numbered from where no earlier run (the warm-up, another target) has been, so
+        # that no body repeats one already cached: every request misses.
+        env["BENCH_DISTINCT"] = str(next(_DISTINCT_RUNS) * 100_000_000)
     out = subprocess.run(
         pinned(
             LOAD_CPU,
