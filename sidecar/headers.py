@@ -97,10 +97,10 @@ def reply_headers(
                 named_here = {t.strip().lower() for t in value.split(",")} - _NOT_RELAYED
                 listed = (listed or set()) | named_here
             continue
-        if low == "content-type":
-            content_type = value.lower()
         if secrets:
             value = redact_text(value, secrets)
+        if low == "content-type":
+            content_type = value.lower()
         out.append((name, value))
     if listed:  # rare: "Connection: keep-alive" or "close" names no other field
         out = [(name, value) for name, value in out if name.lower() not in listed]

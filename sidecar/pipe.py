@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from sidecar import errors, sse
 from sidecar.headers import DEPLOYMENT_HEADER, STREAM_HEADERS, has, reply_headers
-from sidecar.http.message import Responder, Tee
+from sidecar.http.message import Responder
 from sidecar.origin import UpstreamError
 from sidecar.providers.translate import TextToChat, TextToChatStream
 from sidecar.redact import redact_text
@@ -35,7 +35,9 @@ async def relay(
     reason = redact_text(exchange.reason, secrets)
     tee = reply.tee
     if tee is not None:  # the response cache keeps the reply as the client gets it
-        _keepable(tee, exchange, headers)
+        tee.content_type = content_type
+        if not exchange.keepable:
+            tee.parts = None
     deployment_id = named[DEPLOYMENT_HEADER]
     try:
         if exchange.status >= 400:
@@ -137,22 +139,6 @@ async def _translate(
             return
         await reply.write(chunk)
         done = chunk.endswith(DONE_EVENTS)
-
-
-def _keepable(tee: Tee, exchange: Exchange, headers: list[tuple[str, str]]) -> None:
-    """Tell the response cache what the reply is, or that it may not keep it: a reply sent
-    compressed although asked for identity, or one whose end cannot be told from a cut (no
-    Content-Length and not chunked: it ends with the connection, cut or not)."""
-    tee.content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
-    framed = exchange.length is not None or any(
-        k.lower() == "transfer-encoding" for k, _ in exchange.headers
-    )
-    encoded = any(
-        k.lower() == "content-encoding" and v.strip().lower() not in ("", "identity")
-        for k, v in headers
-    )
-    if encoded or not framed:
-        tee.parts = None
 
 
 async def read_error(exchange: Exchange, deployment_id: str) -> bytes:

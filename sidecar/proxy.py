@@ -231,7 +231,8 @@ class Gateway:
         use = entry = None
         if cache is not None:
             use = cache.use(endpoint, found.group.name, key, body, controls, request.headers)
-            entry = await cache.lookup(use)
+            local = cache.local
+            entry = cache.found(use, local) if local is not None else await cache.lookup(use)
         if entry is not None:
             # A hit counts toward the key's rpm, never its tpm: it spends no tokens.
             assert cache is not None

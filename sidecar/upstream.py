@@ -293,6 +293,13 @@ class Exchange:
         """The body's length, when the reply's head states it."""
         return self._parser.length
 
+    @property
+    def keepable(self) -> bool:
+        """Whether the response cache may keep the reply: its end can be told from a cut (a
+        body that runs until the close cannot), and it is not compressed."""
+        parser = self._parser
+        return parser.framed and not parser.encoded
+
     async def head(self) -> None:
         """Wait for the status and headers."""
         while not self.status:

@@ -10,7 +10,9 @@ from collections.abc import Callable
 
 from sidecar.cache.entry import Entry
 
-OVERHEAD = 440  # bytes an entry takes beyond its body (measured: its key, tuples, dict slot)
+# Bytes an entry takes beyond the lengths of its key, body and content type (measured with
+# tracemalloc: their objects' headers, the tuples, the floats and the dict's slot).
+OVERHEAD = 420
 
 
 class LocalStore:
@@ -20,12 +22,12 @@ class LocalStore:
         self.clock = clock
         self.bytes = 0
         # key -> (when it expires, the entry, the bytes it is counted for)
-        self._entries: OrderedDict[str, tuple[float, Entry, int]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[float, Entry, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: str) -> Entry | None:
+    def get(self, key: bytes) -> Entry | None:
         found = self._entries.get(key)
         if found is None:
             return None
@@ -35,8 +37,8 @@ class LocalStore:
         self._entries.move_to_end(key)
         return found[1]
 
-    def put(self, key: str, entry: Entry, ttl: float) -> None:
-        size = len(entry.body) + len(entry.content_type) + OVERHEAD
+    def put(self, key: bytes, entry: Entry, ttl: float) -> None:
+        size = len(key) + len(entry.body) + len(entry.content_type) + OVERHEAD
         if size > self.max_entry:
             return
         entries = self._entries
@@ -45,7 +47,7 @@ class LocalStore:
         entries[key] = (self.clock() + ttl, entry, size)
         self.bytes += size
         while self.bytes > self.max_bytes:
-            self._drop(next(iter(entries)))
+            self.bytes -= entries.popitem(last=False)[1][2]  # the least recently used
 
-    def _drop(self, key: str) -> None:
+    def _drop(self, key: bytes) -> None:
         self.bytes -= self._entries.pop(key)[2]

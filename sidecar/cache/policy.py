@@ -18,12 +18,16 @@ from sidecar.routes import Endpoint
 
 HIT, MISS, BYPASS = "hit", "miss", "bypass"
 MAX_TTL = 365 * 24 * 3600  # seconds: a year, as long as an entry may be asked to live
+# In memory, a request whose canonical body is no longer than this is its entry's key itself:
+# a dict compares keys whole, so it needs no hash of ours, and SHA-256 (its set-up above all)
+# was most of what a miss cost. A longer one, and every key on Redis, is its digest.
+EXACT_UP_TO = 2048  # bytes
 
 
 class Use(NamedTuple):
     """What a request may do with the cache (a tuple: one is made for every request)."""
 
-    key: str
+    key: bytes  # the SHA-256 digest that names the entry
     read: bool  # an entry may answer it
     store: bool  # its reply may be kept
     ttl: float  # seconds a kept reply lives
@@ -34,7 +38,7 @@ def use(
     settings: CacheSettings,
     endpoint: Endpoint,
     group: str,
-    scope: str,
+    scope: bytes,
     body: dict[str, Any],
     controls: Any,
     headers: Mapping[str, str],
@@ -45,7 +49,8 @@ def use(
         # The common case, no controls at all: read and store, for the table's ttl.
         if endpoint not in settings.endpoints:
             return None
-        return Use(key(endpoint, group, scope, body), True, True, settings.ttl, None)
+        exact = settings.kind == "local"
+        return Use(key(endpoint, group, scope, body, exact), True, True, settings.ttl, None)
     no_cache = no_store = opted_in = False
     ttl = settings.ttl
     max_age = None
@@ -83,15 +88,23 @@ def use(
     read, store = not no_cache, not no_store and ttl > 0
     if not read and not store:
         return None
-    return Use(key(endpoint, group, scope, body), read, store, ttl, max_age)
+    exact = settings.kind == "local"
+    return Use(key(endpoint, group, scope, body, exact), read, store, ttl, max_age)
 
 
-def key(endpoint: Endpoint, group: str, scope: str, body: dict[str, Any]) -> str:
-    """The entry's name: the endpoint (with or without /v1 it is one), the model group, the
-    caller's key and the body in canonical form (keys sorted), hashed."""
+def key(endpoint: Endpoint, group: str, scope: bytes, body: dict[str, Any], exact: bool) -> bytes:
+    """The entry's name: the caller's key (`scope`: its digest, of fixed length, or empty on a
+    gateway without keys, which has no other caller), the endpoint (with or without /v1 it is
+    one), the model group and the body in canonical form (keys sorted). `exact`: the name
+    itself when it is short (marked "="), else its SHA-256 digest (marked "#"), so that the
+    two kinds never meet."""
+    named = scope + f"\0{endpoint._value_}\0{group}\0".encode()
     canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-    named = f"{endpoint.value}\0{group}\0{scope}\0".encode()
-    return hashlib.sha256(named + canonical).hexdigest()
+    if exact and len(canonical) <= EXACT_UP_TO:
+        return b"=" + named + canonical
+    digest = hashlib.sha256(named)
+    digest.update(canonical)  # the body fed as it is, not joined to the rest first
+    return b"#" + digest.digest()
 
 
 def _invalid(why: str) -> errors.GatewayError:

@@ -32,23 +32,24 @@ class RedisStore:
     def up(self) -> bool:
         return time.monotonic() >= self.down_until
 
-    async def get(self, key: str) -> Entry | None:
+    async def get(self, key: bytes) -> Entry | None:
+        """`key`: policy.key's digest kind, "#" and 32 bytes; named on Redis in hex."""
         if not self.up:
             return None
         try:
             async with asyncio.timeout(LOOKUP_TIMEOUT):
-                data = await self.link.command("GET", self.prefix + key)
+                data = await self.link.command("GET", self.prefix + key[1:].hex())
         except (RedisDown, TimeoutError):
             self.down_until = time.monotonic() + QUIET
             return None
         return None if data is None else Entry.decode(data)
 
-    async def put(self, key: str, entry: Entry, ttl: float) -> None:
+    async def put(self, key: bytes, entry: Entry, ttl: float) -> None:
         if not self.up:
             return
         try:
             await self.link.command(
-                "SET", self.prefix + key, entry.encode(), "PX", max(1, int(ttl * 1000))
+                "SET", self.prefix + key[1:].hex(), entry.encode(), "PX", max(1, int(ttl * 1000))
             )
         except RedisDown:
             self.down_until = time.monotonic() + QUIET

@@ -41,6 +41,8 @@ class ResponseParser:
         "_parser",
         "_reason",
         "_state",
+        "encoded",
+        "framed",
         "keep_alive",
         "length",
         "reason",
@@ -77,6 +79,10 @@ class ResponseParser:
         self._state = _HEAD
         self.keep_alive = True  # False once the reply says the connection is not reusable
         self.length: int | None = None  # the body's length, when the head states it
+        # The body's end can be told from a cut (a length, or chunked): not when it runs until
+        # the connection closes.
+        self.framed = True
+        self.encoded = False  # a Content-Encoding other than identity
         self.reason = ""  # the status line's reason phrase, for error messages
 
     @property
@@ -125,6 +131,8 @@ class ResponseParser:
         self._reason = b""
         self._length = None
         self._chunked = False
+        self.framed = True
+        self.encoded = False
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
@@ -142,6 +150,8 @@ class ResponseParser:
             elif low == b"transfer-encoding":
                 # Chunked when that is the last coding; else the body runs until the close.
                 self._chunked = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
+            elif low == b"content-encoding":
+                self.encoded |= value.strip().lower() not in (b"", b"identity")
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -164,6 +174,7 @@ class ResponseParser:
             self._state = _BODY
         else:
             self.keep_alive = False
+            self.framed = False
             self._state = _UNTIL_CLOSE
         self._head(status, self._headers)
 
@@ -196,7 +207,10 @@ def _no_end() -> None:
     pass
 
 
-_FRAMING_LENGTHS = frozenset({len(b"content-length"), len(b"transfer-encoding")})
+# The lengths of the names looked at (content-encoding: for the response cache).
+_FRAMING_LENGTHS = frozenset(
+    {len(b"content-length"), len(b"transfer-encoding"), len(b"content-encoding")}
+)
 
 # Parser states.
 _HEAD, _BODY, _UNTIL_CLOSE, _DONE = range(4)
