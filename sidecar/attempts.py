@@ -12,12 +12,14 @@ import itertools
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from sidecar import errors, mock, outbound, pipe, requestid, usage
 from sidecar import request as requests
+from sidecar.affinity import Affinity, FirstPart, response_id
 from sidecar.deployment import Deployment
 from sidecar.failover import MAX_RETRY_AFTER, Failure, pause
+from sidecar.forms import Form
 from sidecar.headers import ATTEMPTS_HEADER, DEPLOYMENT_HEADER, IDENTITY, client_headers
 from sidecar.http.message import Responder
 from sidecar.metrics import Metrics
@@ -26,7 +28,7 @@ from sidecar.outcome import Outcome
 from sidecar.router import ERROR as ERROR_CAUSE
 from sidecar.router import FAILED_ANSWER, Blocked, Router
 from sidecar.router import RATE_LIMIT as RATE_LIMIT_CAUSE
-from sidecar.routes import Endpoint
+from sidecar.routes import ANTHROPIC_ENDPOINTS, Endpoint
 from sidecar.shared.link import RedisDown
 from sidecar.shared.sync import Sync
 from sidecar.state import State
@@ -44,6 +46,7 @@ class Attempts:
         self.pool = pool
         self.metrics = metrics
         self.sync: Sync | None = None  # shared state; with sync_interval 0 Redis admits
+        self.affinity = Affinity()  # on Redis too when the shared state is (server.start)
 
     async def run(
         self,
@@ -55,6 +58,7 @@ class Attempts:
         found: Match,
         state: State,
         outcome: Outcome,
+        form: Form | None = None,
     ) -> None:
         """Try the group's deployments, then its fallback groups, until one answers.
 
@@ -70,9 +74,16 @@ class Attempts:
         fallback_names = state.fallback_names(found.group.name)
         chain = itertools.chain((found,), state.fallbacks(fallback_names))
         accept, encoding = client_headers(client)
+        pinned = None  # the deployment that made the response this request continues
+        if endpoint is Endpoint.RESPONSES:
+            if reply.tee is None:
+                reply.tee = FirstPart()  # where the reply's response id is
+            previous = body.get("previous_response_id")
+            if isinstance(previous, str):
+                pinned = await self.affinity.where(previous)
         if reply.tee is not None:
-            # The response cache keeps this reply for any client, whatever it accepts: it
-            # is asked for uncompressed, and kept and sent so.
+            # The response cache keeps this reply for any client, whatever it accepts (and
+            # a response's id must be read): it is asked for uncompressed, and sent so.
             encoding = IDENTITY
         outcome.stream = body.get("stream") is True
         last: Failure | None = None
@@ -85,7 +96,11 @@ class Attempts:
             spent: set[str] = set()  # asked to wait longer than we would: not asked again
             budget: int | None = None
             while True:
-                deployment = router.choose(group, tried) or router.choose(group, spent)
+                deployment = None
+                if pinned is not None:
+                    deployment = _pinned(router, group, pinned, tried)
+                if deployment is None:
+                    deployment = router.choose(group, tried) or router.choose(group, spent)
                 if deployment is None:
                     blocked = router.blocked(group)
                     if last is None:
@@ -93,6 +108,11 @@ class Attempts:
                     else:
                         last.retry_hint = blocked.retry_after  # what went wrong, and a wait
                     break
+                if endpoint not in deployment.endpoints:
+                    # It does not serve this endpoint (supported_endpoints, or its provider).
+                    tried.add(deployment.id)
+                    spent.add(deployment.id)
+                    continue
                 if budget is None:
                     retries = deployment.max_retries
                     budget = 1 + (settings.num_retries if retries is None else retries)
@@ -128,10 +148,11 @@ class Attempts:
                 outcome.upstream_ids.append(upstream_id)
                 taken = accept + b"X-Request-Id: %s\r\n" % upstream_id.encode()
                 data, translation = outbound.build(
-                    deployment, endpoint, body, link.wildcard, taken, encoding
+                    deployment, endpoint, body, link.wildcard, taken, encoding, form
                 )
-                # Per attempt: a deployment's own translation may keep what another dropped.
-                requests.check_integers(raw, data[-1])
+                if form is None:
+                    # Per attempt: a deployment's own translation may keep what another dropped.
+                    requests.check_integers(raw, cast(bytes, data[-1]))
                 assert deployment.origin is not None
                 named = {DEPLOYMENT_HEADER: deployment.id, ATTEMPTS_HEADER: str(outcome.attempts)}
                 router.started(deployment, tokens)
@@ -198,13 +219,17 @@ class Attempts:
                             deployment.id, kind if kind == "timeout" else "mid_reply"
                         )
                     elif status < 400:
+                        if endpoint is Endpoint.RESPONSES:
+                            made = response_id(reply.tee)
+                            if made is not None:
+                                self.affinity.remember(made, deployment.id)
                         counted = usage.tokens(exchange.before_last, exchange.last)
                         if counted is not None:
                             self.metrics.usage(group.name, *counted)
                             router.used(deployment, sum(counted) - tokens)
                             outcome.tokens = sum(counted)
         assert last is not None
-        reply.send_answer(last.answer(outcome.attempts))
+        reply.send_answer(last.answer(outcome.attempts, endpoint in ANTHROPIC_ENDPOINTS))
 
     async def _admit_exact(
         self, sync: Sync, deployment: Deployment, tokens: int, settings: Any
@@ -226,6 +251,14 @@ class Attempts:
         if self.router.failed(deployment, cause, len(group.deployments)):
             self.metrics.cooldown(deployment.id)
             log.warning("deployment %s cools down after repeated failures", deployment.id)
+
+
+def _pinned(router: Router, group: Group, wanted: str, tried: set[str]) -> Deployment | None:
+    """The deployment `wanted` when it is of this group, untried and available."""
+    for d in group.deployments:
+        if d.id == wanted and d.id not in tried and router.available(d, router.clock()):
+            return d
+    return None
 
 
 def _limited(d: Deployment) -> bool:

@@ -43,14 +43,15 @@ class ClientKey:
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
     """The key a client sent (its fields by lower-case name): `Authorization: Bearer <key>`
-    (OpenAI SDKs) or `api-key` (Azure's)."""
+    (OpenAI SDKs), `api-key` (Azure's) or `x-api-key` (Anthropic's SDK, Claude Code)."""
     value = headers.get("authorization")
     if value is not None:
         scheme, _, token = value.partition(" ")
         if scheme.lower() == "bearer":
             return token.strip()
         return None
-    return headers.get("api-key")
+    value = headers.get("api-key")
+    return value if value is not None else headers.get("x-api-key")
 
 
 OPEN = ClientKey("", b"")  # stands for every caller when no key is configured

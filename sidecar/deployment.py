@@ -83,6 +83,8 @@ class Deployment:
     weight: float | None = None
     max_retries: int | None = None  # this deployment's group retries; None: router_settings'
     secrets: tuple[str, ...] = ()  # its keys as sent, never to be echoed in an error we write
+    # The endpoints it may be chosen for: those it has a head for; a mock, chat and completions.
+    endpoints: frozenset[Endpoint] = frozenset()
 
     def head(self, endpoint: Endpoint, wildcard: str | None) -> bytes | None:
         """The request head for an endpoint, with what a pattern's '*' matched filled into the

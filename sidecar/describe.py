@@ -15,7 +15,9 @@ def describe(config: Config) -> str:
         if d.mock_response is not None:
             target = "mock_response"
         else:
-            target = " ".join(str(d.urls[e]) for e in Endpoint if e in d.urls)
+            # Where its calls go, and what it serves: every URL would make the line unreadable.
+            endpoints = [e for e in Endpoint if e in d.urls]
+            target = f"{d.urls[endpoints[0]]}, serving " + " ".join(e.value for e in endpoints)
         sent = next((v for k, v in d.headers.items() if k.lower() in _KEY_HEADERS), None)
         key = auth.fingerprint(auth.digest(sent.removeprefix("Bearer "))) if sent else "no key"
         lines.append(f"  {d.group} -> {d.provider}/{d.model} [{d.id}] {target} ({key})")

@@ -63,13 +63,33 @@ class GatewayError(Exception):
         self.param = param
         self.headers = headers
 
-    def body(self) -> bytes:
+    def body(self, anthropic: bool = False) -> bytes:
+        if anthropic:
+            kind = ANTHROPIC_TYPES.get(self.status, "api_error")
+            return orjson.dumps({"type": "error", "error": {"type": kind, "message": self.message}})
         error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
         return orjson.dumps({"error": error})
 
-    def answer(self) -> Answer:
+    def answer(self, anthropic: bool = False) -> Answer:
+        """`anthropic`: in the shape of Anthropic's API, for the clients of /v1/messages."""
         headers = [("Content-Type", "application/json"), *(self.headers or {}).items()]
-        return Answer(self.status, headers, self.body())
+        return Answer(self.status, headers, self.body(anthropic))
+
+
+# Anthropic's error types by status (its API's "Errors" page); any other is an api_error.
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
@@ -123,6 +143,18 @@ def model_not_found(model: str) -> GatewayError:
         f"The model '{model}' does not exist on this gateway; GET /v1/models lists the models.",
         INVALID_REQUEST,
         "model_not_found",
+        "model",
+    )
+
+
+def unsupported_endpoint(model: str, path: str) -> GatewayError:
+    """A group none of whose deployments serves the path (model_info.supported_endpoints, or a
+    provider that has no such endpoint)."""
+    return GatewayError(
+        404,
+        f"The model '{model}' does not serve {path} on this gateway.",
+        INVALID_REQUEST,
+        "unsupported_endpoint",
         "model",
     )
 

@@ -75,10 +75,11 @@ class Failure:
                     return 0.0
         return 0.0
 
-    def answer(self, attempts: int) -> errors.Answer:
-        """What the client gets when nothing else answers, after `attempts` upstream calls."""
+    def answer(self, attempts: int, anthropic: bool = False) -> errors.Answer:
+        """What the client gets when nothing else answers, after `attempts` upstream calls;
+        ours in Anthropic's shape when `anthropic`, an upstream's reply as it came."""
         if self.error is not None:
-            answer = self.error.answer()
+            answer = self.error.answer(anthropic)
             for name, value in self.headers:
                 answer.set(name, value)
         else:

@@ -42,11 +42,19 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # never its Authorization, api-key, cookies or proxy headers.
 
 
-def request_head(method: str, target: str, authority: str, fixed: Mapping[str, str]) -> bytes:
+def request_head(
+    method: str,
+    target: str,
+    authority: str,
+    fixed: Mapping[str, str],
+    content_type: str | None = "application/json",
+) -> bytes:
     """The start of every upstream request of one deployment and endpoint, built at load time:
-    request line, Host, the deployment's key and extra headers. Per request, client_headers()
-    and the body's length follow."""
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {authority}", "Content-Type: application/json"]
+    request line, Host, the content type (None: given per request), the deployment's key and
+    extra headers. Per request, client_headers() and the body's length follow."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {authority}"]
+    if content_type is not None:
+        lines.append(f"Content-Type: {content_type}")
     lines += [f"{name}: {value}" for name, value in fixed.items()]
     return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 

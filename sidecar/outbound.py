@@ -12,6 +12,7 @@ from typing import Any
 from sidecar import errors
 from sidecar import request as requests
 from sidecar.deployment import Deployment
+from sidecar.forms import Form
 from sidecar.headers import IDENTITY
 from sidecar.providers import translate
 from sidecar.routes import Endpoint
@@ -26,10 +27,12 @@ def build(
     wildcard: str | None,
     client: bytes,
     encoding: bytes,
-) -> tuple[tuple[bytes, ...], translate.TextToChat | None]:
+    form: Form | None = None,
+) -> tuple[tuple[bytes | memoryview, ...], translate.TextToChat | None]:
     """(the request's pieces, the reply's translation) for `deployment`; `wildcard` is what a
     pattern group's '*' matched, `client` and `encoding` the header lines taken from the client
-    (encoding is replaced by identity when the reply must be translated: it is parsed here)."""
+    (encoding is replaced by identity when the reply must be translated: it is parsed here).
+    `form`: the body is that multipart form, sent with this deployment's model in it."""
     model = deployment.upstream_model(wildcard)
     try:
         head = deployment.head(endpoint, wildcard)
@@ -46,6 +49,13 @@ def build(
             "model",
             "unsupported_endpoint",
         )
+    if form is not None:
+        pieces = form.with_model(model)
+        framing = b"Content-Type: %s\r\nContent-Length: %d\r\n\r\n" % (
+            form.content_type.encode("latin-1", "replace"),
+            sum(len(p) for p in pieces),
+        )
+        return (head, client, encoding, framing, *pieces), None
     translation = None
     defaults = deployment.defaults[endpoint]
     if endpoint is Endpoint.CHAT:

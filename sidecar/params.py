@@ -83,10 +83,54 @@ COMPLETION_PARAMS = _SHARED | _SAMPLING_EXTRAS | frozenset({"best_of", "echo", "
 
 EMBEDDING_PARAMS = frozenset({"dimensions", "encoding_format", "user"})
 
+# The Responses API (OpenAI's reference; vLLM and llama.cpp take the sampling extras there too).
+RESPONSES_PARAMS = _SAMPLING_EXTRAS | frozenset(
+    {
+        "max_output_tokens",
+        "metadata",
+        "parallel_tool_calls",
+        "reasoning",
+        "service_tier",
+        "store",
+        "temperature",
+        "text",
+        "top_logprobs",
+        "top_p",
+        "truncation",
+        "user",
+    }
+)
+
+# Anthropic's Messages API.
+MESSAGES_PARAMS = frozenset(
+    {
+        "max_tokens",
+        "metadata",
+        "service_tier",
+        "stop_sequences",
+        "temperature",
+        "thinking",
+        "top_k",
+        "top_p",
+    }
+)
+
+RERANK_PARAMS = frozenset({"top_n", "return_documents"})
+
+# A deployment's defaults go only where they fit; the form endpoints (audio) take none, as a
+# form is passed on as it came but for its model.
 BY_ENDPOINT: dict[Endpoint, frozenset[str]] = {
     Endpoint.CHAT: CHAT_PARAMS,
     Endpoint.COMPLETIONS: COMPLETION_PARAMS,
     Endpoint.EMBEDDINGS: EMBEDDING_PARAMS,
+    Endpoint.RESPONSES: RESPONSES_PARAMS,
+    Endpoint.MESSAGES: MESSAGES_PARAMS,
+    Endpoint.COUNT_TOKENS: frozenset(),
+    Endpoint.RERANK: RERANK_PARAMS,
+    Endpoint.TRANSCRIPTIONS: frozenset(),
+    Endpoint.TRANSLATIONS: frozenset(),
+    Endpoint.TOKENIZE: frozenset(),
+    Endpoint.DETOKENIZE: frozenset(),
 }
 
-REQUEST_PARAMS = CHAT_PARAMS | COMPLETION_PARAMS | EMBEDDING_PARAMS
+REQUEST_PARAMS = frozenset().union(*BY_ENDPOINT.values())

@@ -7,11 +7,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote
 
 import orjson
 
-from sidecar import auth, errors
+from sidecar import auth, errors, forms
 from sidecar import request as requests
 from sidecar.accesslog import AccessLog
 from sidecar.attempts import Attempts
@@ -23,7 +24,15 @@ from sidecar.limits import KeyLimits
 from sidecar.metrics import Metrics
 from sidecar.outcome import Outcome, record
 from sidecar.router import Router
-from sidecar.routes import MODEL_ENDPOINTS, Endpoint, RouteError, match, model_id
+from sidecar.routes import (
+    ANTHROPIC_ENDPOINTS,
+    FORM_ENDPOINTS,
+    MODEL_ENDPOINTS,
+    Endpoint,
+    RouteError,
+    match,
+    model_id,
+)
 from sidecar.shared.ledger import Ledger
 from sidecar.shared.sync import Sync
 from sidecar.state import State
@@ -110,14 +119,14 @@ class Gateway:
         try:
             await self._dispatch(request, reply, endpoint, outcome)
         except errors.GatewayError as exc:
-            _failure(reply, exc)
+            _failure(reply, exc, endpoint in ANTHROPIC_ENDPOINTS)
         except asyncio.CancelledError:
             # The client went away (499 is nginx's code for it); nobody is left to answer.
             status = CLIENT_GONE
             raise
         except Exception:
             log.exception("unhandled error serving %s %s", request.method, path)
-            _failure(reply, errors.internal())
+            _failure(reply, errors.internal(), endpoint in ANTHROPIC_ENDPOINTS)
         finally:
             self.metrics.in_flight -= 1
             if status != CLIENT_GONE:
@@ -208,13 +217,20 @@ class Gateway:
     ) -> None:
         # The body's limit, timeout and encoding were the server protocol's: it is here whole.
         raw = request.body
-        body = requests.parse(raw, endpoint)
+        form = None
+        if endpoint in FORM_ENDPOINTS:
+            form = forms.parse(raw, request.headers.get("content-type"))
+            body: dict[str, Any] = {**form.fields, "stream": form.fields.get("stream") == "true"}
+        else:
+            body = requests.parse(raw, endpoint)
         model: str = body["model"]
         found = state.table.lookup(model)
         if found is None:
             raise errors.model_not_found(model)
         if not key.allows(model):
             raise errors.model_not_allowed(model, key.name)
+        if endpoint not in found.group.serves:
+            raise errors.unsupported_endpoint(model, request.path)
         outcome.model = found.group.name
         busy = state.config.server.max_in_flight
         if busy and self.metrics.in_flight > busy:
@@ -225,7 +241,8 @@ class Gateway:
                 "overloaded",
                 headers={"Retry-After": "1"},
             )
-        estimate = len(raw) // 4  # tokens, until the reply's usage says
+        # Tokens, until the reply's usage says (a form is mostly its file: no estimate).
+        estimate = 0 if form is not None else len(raw) // 4
         controls = body.pop("cache", None)  # LiteLLM's per-request cache controls: ours alone
         cache = self.cache
         use = entry = None
@@ -245,7 +262,7 @@ class Gateway:
         outcome.tokens = estimate
         try:
             await self.attempts.run(
-                reply, request.headers, endpoint, raw, body, found, state, outcome
+                reply, request.headers, endpoint, raw, body, found, state, outcome, form
             )
         finally:
             self.limits.used(key, outcome.tokens - estimate)
@@ -260,10 +277,11 @@ class Gateway:
             self.limits.admit(key, tokens, tpm)
 
 
-def _failure(reply: Responder, failure: errors.GatewayError) -> None:
-    """The error reply, or, when a reply has already begun, the end of the connection: a second
-    status line inside a started body would corrupt it, so the client sees a cut reply instead."""
+def _failure(reply: Responder, failure: errors.GatewayError, anthropic: bool) -> None:
+    """The error reply (in Anthropic's shape on its paths), or, when a reply has already
+    begun, the end of the connection: a second status line inside a started body would corrupt
+    it, so the client sees a cut reply instead."""
     if reply.started:
         reply.abort()
     else:
-        reply.send_answer(failure.answer())
+        reply.send_answer(failure.answer(anthropic))

@@ -34,7 +34,7 @@ def parse(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise errors.bad_request("'stream' must be a boolean.", "stream")
-    if endpoint is Endpoint.CHAT:
+    if endpoint is Endpoint.CHAT or endpoint is Endpoint.MESSAGES:
         messages = body.get("messages")
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise errors.bad_request("'messages' must be a list of message objects.", "messages")

@@ -16,6 +16,14 @@ class Endpoint(enum.Enum):
     CHAT = "/chat/completions"
     COMPLETIONS = "/completions"
     EMBEDDINGS = "/embeddings"
+    RESPONSES = "/responses"
+    MESSAGES = "/messages"  # Anthropic's format
+    COUNT_TOKENS = "/messages/count_tokens"
+    RERANK = "/rerank"
+    TRANSCRIPTIONS = "/audio/transcriptions"  # multipart/form-data
+    TRANSLATIONS = "/audio/translations"
+    TOKENIZE = "/tokenize"  # appended to api_base without its /v1 (vLLM, llama.cpp)
+    DETOKENIZE = "/detokenize"
     MODELS = "/models"
     MODEL = "/models/{id}"
     LIVELINESS = "/health/liveliness"
@@ -24,12 +32,40 @@ class Endpoint(enum.Enum):
 
 
 # Endpoints that carry a model in the body and are forwarded upstream.
-MODEL_ENDPOINTS = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS})
+MODEL_ENDPOINTS = frozenset(
+    {
+        Endpoint.CHAT,
+        Endpoint.COMPLETIONS,
+        Endpoint.EMBEDDINGS,
+        Endpoint.RESPONSES,
+        Endpoint.MESSAGES,
+        Endpoint.COUNT_TOKENS,
+        Endpoint.RERANK,
+        Endpoint.TRANSCRIPTIONS,
+        Endpoint.TRANSLATIONS,
+        Endpoint.TOKENIZE,
+        Endpoint.DETOKENIZE,
+    }
+)
+# Their bodies are multipart/form-data, not JSON.
+FORM_ENDPOINTS = frozenset({Endpoint.TRANSCRIPTIONS, Endpoint.TRANSLATIONS})
+# Whose own errors take Anthropic's shape, as the clients of these paths read them.
+ANTHROPIC_ENDPOINTS = frozenset({Endpoint.MESSAGES, Endpoint.COUNT_TOKENS})
+# Served by the server's root, not under /v1: api_base loses its trailing /v1 for them.
+ROOT_ENDPOINTS = frozenset({Endpoint.TOKENIZE, Endpoint.DETOKENIZE})
 
 _ROUTES: tuple[tuple[str, str, Endpoint], ...] = (
     ("POST", "/chat/completions", Endpoint.CHAT),
     ("POST", "/completions", Endpoint.COMPLETIONS),
     ("POST", "/embeddings", Endpoint.EMBEDDINGS),
+    ("POST", "/responses", Endpoint.RESPONSES),
+    ("POST", "/messages", Endpoint.MESSAGES),
+    ("POST", "/messages/count_tokens", Endpoint.COUNT_TOKENS),
+    ("POST", "/rerank", Endpoint.RERANK),
+    ("POST", "/audio/transcriptions", Endpoint.TRANSCRIPTIONS),
+    ("POST", "/audio/translations", Endpoint.TRANSLATIONS),
+    ("POST", "/tokenize", Endpoint.TOKENIZE),
+    ("POST", "/detokenize", Endpoint.DETOKENIZE),
     ("GET", "/models", Endpoint.MODELS),
 )
 # Operational paths: not under /v1, and never behind the key, so probes need no secret.

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sidecar import config as configs
 from sidecar.accesslog import AccessLog
+from sidecar.affinity import Affinity
 from sidecar.cache.cache import Cache
 from sidecar.cache.local import LocalStore
 from sidecar.cache.redis_store import RedisStore
@@ -50,6 +51,7 @@ class Running:
             await self.gateway.cache.close()
         if self.gateway.sync is not None:
             await self.gateway.sync.stop()
+        await self.gateway.attempts.affinity.close()
         self.gateway.access_log.flush()
 
 
@@ -118,6 +120,9 @@ def _cache(settings: CacheSettings, gateway: Gateway) -> Cache:
     return Cache(settings, RedisStore(link, settings.namespace))
 
 
+AFFINITY_CONNECTIONS = 8  # Redis connections for response ids: a lookup only on a miss here
+
+
 async def _share(gateway: Gateway, ledger: Ledger) -> None:
     """Shared state on Redis: the sync started, and told to the parts that count and cool."""
     from sidecar.shared.link import Link  # imports redis: only when a Redis is configured
@@ -125,6 +130,10 @@ async def _share(gateway: Gateway, ledger: Ledger) -> None:
     sync = Sync(ledger, Link(ledger.settings), lambda: gateway.watched, gateway.router.cool)
     gateway.router.on_cooldown = sync.publish
     gateway.sync = gateway.attempts.sync = sync
+    # Which deployment made each Responses API response, for every replica to know.
+    gateway.attempts.affinity = Affinity(
+        Link(ledger.settings, AFFINITY_CONNECTIONS), ledger.settings.namespace
+    )
     gateway.metrics.shared = sync
     await sync.start()
     if not ledger.up:

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sidecar.deployment import Deployment
+from sidecar.routes import MODEL_ENDPOINTS, Endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +19,14 @@ class Group:
     deployments: tuple[Deployment, ...]
     prefix: str = ""  # for patterns: the text before and after the '*'
     suffix: str = ""
+    serves: frozenset[Endpoint] = MODEL_ENDPOINTS  # what at least one of its deployments serves
+
+    @classmethod
+    def of(
+        cls, name: str, deployments: tuple[Deployment, ...], prefix: str = "", suffix: str = ""
+    ) -> Group:
+        serves = frozenset(e for d in deployments for e in d.endpoints)
+        return cls(name, deployments, prefix, suffix, serves)
 
     def wildcard(self, model: str) -> str | None:
         """The part of `model` this pattern's '*' matched, or None when it does not match."""
@@ -46,9 +55,9 @@ class Table:
         for name, members in by_name.items():
             if "*" in name:
                 prefix, _, suffix = name.partition("*")
-                patterns.append(Group(name, tuple(members), prefix, suffix))
+                patterns.append(Group.of(name, tuple(members), prefix, suffix))
             else:
-                self.exact[name] = Match(Group(name, tuple(members)), None)
+                self.exact[name] = Match(Group.of(name, tuple(members)), None)
         patterns.sort(key=lambda g: len(g.prefix) + len(g.suffix), reverse=True)
         self.patterns = tuple(patterns)
         self.names = tuple(by_name)

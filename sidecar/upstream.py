@@ -374,7 +374,7 @@ class Pool:
     async def request(
         self,
         origin: Origin,
-        data: Sequence[bytes],
+        data: Sequence[bytes | memoryview],
         timeout: float,
         stream_timeout: float | None = None,
     ) -> Exchange:

@@ -9,19 +9,25 @@ _COUNT = re.compile(rb"\s*:\s*(\d{1,12})")
 TAIL = 1024  # bytes searched at the end of a reply
 
 
+# (what the prompt's count is named, what the completion's is): OpenAI's chat, completions and
+# embeddings; then the Responses API's and Anthropic's Messages'.
+_NAMES = ((b'"prompt_tokens"', b'"completion_tokens"'), (b'"input_tokens"', b'"output_tokens"'))
+
+
 def tokens(*pieces: bytes) -> tuple[int, int] | None:
     """(prompt, completion) tokens from the reply's last pieces, or None when it has no usage."""
     for piece in reversed(pieces):
         start = max(0, len(piece) - TAIL)
-        at = piece.rfind(b'"prompt_tokens"', start)
-        if at < 0:
-            continue
-        prompt = _COUNT.match(piece, at + 15)
-        if prompt is None:
-            continue
-        completion = 0
-        at = piece.rfind(b'"completion_tokens"', start)
-        if at >= 0 and (found := _COUNT.match(piece, at + 19)) is not None:
-            completion = int(found.group(1))
-        return int(prompt.group(1)), completion
+        for prompt_name, completion_name in _NAMES:
+            at = piece.rfind(prompt_name, start)
+            if at < 0:
+                continue
+            prompt = _COUNT.match(piece, at + len(prompt_name))
+            if prompt is None:
+                continue
+            completion = 0
+            at = piece.rfind(completion_name, start)
+            if at >= 0 and (found := _COUNT.match(piece, at + len(completion_name))) is not None:
+                completion = int(found.group(1))
+            return int(prompt.group(1)), completion
     return None

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.parser
+import email.policy
+import hashlib
 import socket
 import struct
 import time
@@ -53,7 +56,7 @@ class FakeUpstream:
         return self.received[-1]
 
     async def start(self) -> FakeUpstream:
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # audio forms are large
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # handler_cancellation: a handler learns that the sidecar closed the connection.
         self._runner = web.AppRunner(
@@ -83,6 +86,9 @@ class FakeUpstream:
         script = self.scripts.get(request.path)
         if script is not None:
             return await script(request, got)
+        surface = SURFACE.get(request.path)
+        if surface is not None:
+            return await surface(self, request, got)
         if request.path.endswith("/chat/completions"):
             return await chat(request, got)
         if request.path.endswith("/completions"):
@@ -349,3 +355,191 @@ class RawUpstream(_Loopback):
                     break
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
+
+
+# The rest of the surface (vLLM's routes): Responses, Messages, rerank, audio, tokenize.
+
+
+async def responses(fake: FakeUpstream, request: web.Request, got: Received) -> web.StreamResponse:
+    """A Responses API reply whose id names this upstream (its port) and counts its calls."""
+    body = got.json()
+    made = {
+        "id": f"resp_{fake.port}_{len(fake.received)}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "model": body["model"] + REPORTED_SUFFIX,
+        "status": "completed",
+        "previous_response_id": body.get("previous_response_id"),
+        "output": [
+            {
+                "type": "message",
+                "id": "msg_1",
+                "role": "assistant",
+                "status": "completed",
+                "content": [
+                    {"type": "output_text", "text": "Hello from upstream", "annotations": []}
+                ],
+            }
+        ],
+        "usage": {"input_tokens": 5, "output_tokens": 3, "total_tokens": 8},
+    }
+    if not body.get("stream"):
+        return web.json_response(made)
+    events = [
+        (
+            "response.created",
+            {
+                "type": "response.created",
+                "response": {**made, "status": "in_progress", "output": []},
+            },
+        )
+    ]
+    events += [
+        (
+            "response.output_text.delta",
+            {
+                "type": "response.output_text.delta",
+                "item_id": "msg_1",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": w,
+            },
+        )
+        for w in ("Hello", " from", " upstream")
+    ]
+    events.append(("response.completed", {"type": "response.completed", "response": made}))
+    return await sse(request, [named_event(n, e) for n, e in events])
+
+
+def named_event(name: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def message_events(model: str, words: list[str]) -> list[bytes]:
+    """An Anthropic Messages stream, as its API sends one."""
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 5, "output_tokens": 1},
+        },
+    }
+    events = [
+        ("message_start", start),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+    ]
+    events += [
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}},
+        )
+        for w in words
+    ]
+    events += [
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": 3},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    return [named_event(n, e) for n, e in events]
+
+
+async def messages(fake: FakeUpstream, request: web.Request, got: Received) -> web.StreamResponse:
+    body = got.json()
+    model = body["model"] + REPORTED_SUFFIX
+    if body.get("stream"):
+        return await sse(request, message_events(model, ["Hello", " from", " upstream"]))
+    return web.json_response(
+        {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": "Hello from upstream"}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 5, "output_tokens": 3},
+        }
+    )
+
+
+async def count_tokens(
+    fake: FakeUpstream, request: web.Request, got: Received
+) -> web.StreamResponse:
+    return web.json_response({"input_tokens": len(orjson.dumps(got.json()["messages"])) // 4})
+
+
+async def rerank(fake: FakeUpstream, request: web.Request, got: Received) -> web.StreamResponse:
+    body = got.json()
+    results = [
+        {"index": i, "relevance_score": 1.0 / (i + 1), "document": {"text": d}}
+        for i, d in enumerate(body["documents"])
+    ]
+    return web.json_response(
+        {
+            "id": "rerank-fake",
+            "model": body["model"] + REPORTED_SUFFIX,
+            "results": results,
+            "usage": {"total_tokens": 11},
+        }
+    )
+
+
+async def audio(fake: FakeUpstream, request: web.Request, got: Received) -> web.StreamResponse:
+    """The text is the SHA-256 of the file as it arrived, and what the form's fields were.
+    The form is read by the standard library's MIME parser, not by anything of ours."""
+    head = b"Content-Type: " + got.headers["Content-Type"].encode() + b"\r\n\r\n"
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + got.body)
+    fields: dict[str, str] = {}
+    digest = filename = None
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        data = part.get_payload(decode=True)
+        if part.get_filename() is not None:
+            digest, filename = hashlib.sha256(data).hexdigest(), part.get_filename()
+        else:
+            fields[str(name)] = data.decode()
+    return web.json_response({"text": f"sha256:{digest}", "fields": fields, "filename": filename})
+
+
+async def tokenize(fake: FakeUpstream, request: web.Request, got: Received) -> web.StreamResponse:
+    body = got.json()
+    if request.path == "/detokenize":
+        return web.json_response({"prompt": " ".join(f"t{t}" for t in body["tokens"])})
+    words = str(body.get("prompt", "")).split()
+    return web.json_response(
+        {"tokens": list(range(len(words))), "count": len(words), "max_model_len": 4096}
+    )
+
+
+SURFACE: dict[
+    str, Callable[[FakeUpstream, web.Request, Received], Awaitable[web.StreamResponse]]
+] = {
+    "/v1/responses": responses,
+    "/v1/messages": messages,
+    "/v1/messages/count_tokens": count_tokens,
+    "/v1/rerank": rerank,
+    "/v1/audio/transcriptions": audio,
+    "/v1/audio/translations": audio,
+    "/tokenize": tokenize,
+    "/detokenize": tokenize,
+}

@@ -245,15 +245,16 @@ async def test_body_over_limit_is_413(
     assert upstream.received == []
 
 
-async def test_mock_embeddings_is_a_clear_400(
+async def test_mock_embeddings_is_a_clear_404(
     make_sidecar: MakeSidecar, http: aiohttp.ClientSession
 ) -> None:
     sidecar = await make_sidecar(
         "model_list:\n  - model_name: demo\n    litellm_params:\n"
         "      model: openai/demo\n      mock_response: hi\n"
     )
+    # A mock_response answers chat and completions only: its group serves no embeddings.
     async with http.post(sidecar.url + "/v1/embeddings", json={"model": "demo", "input": "a"}) as r:
-        assert r.status == 400
+        assert r.status == 404
         assert assert_error_shape(await r.read())["code"] == "unsupported_endpoint"
 
 

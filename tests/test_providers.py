@@ -136,8 +136,10 @@ async def test_azure_text_serves_chat_through_completions(
     reply = await sidecar.openai().chat.completions.create(model="az", messages=HI)
     assert reply.choices[0].message.content == "Once upon a time"
     assert upstream.last.path == "/openai/deployments/davinci/completions"
-    with pytest.raises(openai.BadRequestError):
+    # No deployment of the group serves embeddings: 404, as for a path the model lacks.
+    with pytest.raises(openai.NotFoundError) as refused:
         await sidecar.openai().embeddings.create(model="az", input="x")
+    assert refused.value.code == "unsupported_endpoint"
 
 
 async def test_azure_wildcard_names_cannot_leave_the_path(

@@ -125,3 +125,43 @@ async def test_its_response_headers_come_back(
         assert r.headers["x-litellm-version"]  # the upstream's end-to-end headers
         assert r.headers["x-sidecar-deployment"] == "openai/mock#0"
         assert len(r.headers.getall("Content-Length")) == 1
+
+
+async def test_responses_through_it(sidecar: Sidecar, direct: openai.AsyncOpenAI) -> None:
+    """Its Responses API (over its mock model) through the sidecar, as straight to it; a
+    continuation names the previous response, which the sidecar passes on unchanged."""
+    through = await sidecar.openai("a-client-key").responses.create(model="gateway", input="hi")
+    straight = await direct.responses.create(model="mock", input="hi")
+    assert through.output_text == straight.output_text == MOCK
+    assert through.id.startswith("resp_")
+    follow = await sidecar.openai("a-client-key").responses.create(
+        model="gateway", input="and then?", previous_response_id=through.id
+    )
+    assert follow.output_text == MOCK
+
+
+async def test_messages_and_count_tokens_through_it(sidecar: Sidecar, litellm: Server) -> None:
+    """Its Anthropic Messages API, with Anthropic's own SDK on the client side: the sidecar's
+    key checks x-api-key, and LiteLLM gets the table's key instead."""
+    import anthropic
+
+    async with anthropic.AsyncAnthropic(
+        base_url=str(sidecar.url), api_key="a-client-key", max_retries=0
+    ) as claude:
+        message = await claude.messages.create(
+            model="gateway", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert message.content[0].type == "text" and message.content[0].text == MOCK
+        counted = await claude.messages.count_tokens(
+            model="gateway", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert counted.input_tokens > 0
+        with pytest.raises(anthropic.APIStatusError) as refused:
+            # LiteLLM refuses a key that is not its master key (without a database, with a
+            # 400): its own error, passed on as it came, not reshaped by the sidecar.
+            await claude.messages.create(
+                model="wrong-key", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+            )
+        assert refused.value.status_code in (400, 401)
+        body: Any = refused.value.body
+        assert "error" in body and body.get("type") != "error"  # LiteLLM's shape, not ours

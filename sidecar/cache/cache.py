@@ -102,9 +102,7 @@ class Cache:
         """Store on Redis in the background, since the client has its reply already and a
         slow Redis must not hold the next request on its connection."""
         if self.remote is not None:
-            task = asyncio.get_running_loop().create_task(
-                self.remote.put(use.key, entry, use.ttl)
-            )
+            task = asyncio.get_running_loop().create_task(self.remote.put(use.key, entry, use.ttl))
             self._keeping.add(task)
             task.add_done_callback(self._keeping.discard)
 

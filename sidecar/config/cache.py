@@ -26,6 +26,8 @@ CALL_TYPES = {
     "text_completion": Endpoint.COMPLETIONS,
     "aembedding": Endpoint.EMBEDDINGS,
     "embedding": Endpoint.EMBEDDINGS,
+    "arerank": Endpoint.RERANK,  # a ranking is as deterministic as an embedding: when listed
+    "rerank": Endpoint.RERANK,
 }
 MODES = ("default_on", "default_off")
 # cache_params keys LiteLLM has for backends this gateway does not run (s3, qdrant, ...).
@@ -38,7 +40,9 @@ class CacheSettings:
     kind: str = "local"  # local | redis
     ttl: float = DEFAULT_TTL
     namespace: str = "sidecar"
-    endpoints: frozenset[Endpoint] = frozenset(CALL_TYPES.values())
+    endpoints: frozenset[Endpoint] = frozenset(
+        {Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS}
+    )  # LiteLLM's default: all three
     default_on: bool = True
     max_bytes: int = DEFAULT_MAX_BYTES  # local only
     redis: SharedSettings | None = None  # type: redis, where

@@ -12,6 +12,7 @@ from sidecar.config.router_settings import RouterSettings
 from sidecar.config.values import is_token, mapping, resolve, seconds, secret
 from sidecar.deployment import ConfigError, Deployment, Params
 from sidecar.params import REQUEST_PARAMS
+from sidecar.routes import MODEL_ENDPOINTS, ROUTES, Endpoint
 
 # litellm_params keys LiteLLM knows that change nothing here (costs, provider-specific knobs).
 _IGNORED_PARAMS = frozenset(
@@ -80,11 +81,29 @@ def deployment_of(
         router.timeout,
         f"{where}.litellm_params",
         router.stream_timeout,
+        _supported(info.get("supported_endpoints"), f"{where}.model_info.supported_endpoints"),
     )
     unusual = providers.api_base_warning(deployment)
     if unusual is not None:
         warnings.append(f"{where}.litellm_params.api_base: {unusual}")
     return deployment
+
+
+def _supported(raw: Any, where: str) -> frozenset[Endpoint] | None:
+    """LiteLLM's model_info.supported_endpoints: the paths this deployment serves (with or
+    without /v1); None, all that its provider serves."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw or not all(isinstance(p, str) for p in raw):
+        raise ConfigError(where, 'must be a list of paths, like ["/v1/chat/completions"]')
+    found = set()
+    for path in raw:
+        route = ROUTES.get(path.rstrip("/") or "/")
+        if route is None or route.endpoint not in MODEL_ENDPOINTS:
+            known = ", ".join(f"/v1{e.value}" for e in Endpoint if e in MODEL_ENDPOINTS)
+            raise ConfigError(where, f"'{path}' is not an endpoint this gateway routes ({known})")
+        found.add(route.endpoint)
+    return frozenset(found)
 
 
 _PARAM_TYPES: dict[str, tuple[type, ...]] = {

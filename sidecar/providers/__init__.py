@@ -14,7 +14,7 @@ from sidecar.headers import request_head
 from sidecar.origin import Origin
 from sidecar.params import BY_ENDPOINT
 from sidecar.providers import azure, openai
-from sidecar.routes import Endpoint
+from sidecar.routes import FORM_ENDPOINTS, ROOT_ENDPOINTS, Endpoint
 from sidecar.url import URL
 
 BUILDERS: dict[str, openai.Builder] = {
@@ -26,6 +26,7 @@ BUILDERS: dict[str, openai.Builder] = {
     "azure_text": azure.build_azure_text,
 }
 KNOWN = tuple(BUILDERS)
+MOCK_ENDPOINTS = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})  # what mock_response answers
 # Text-completion upstreams: a chat call is served by their /completions, translated both ways.
 CHAT_OVER_TEXT = frozenset({"text-completion-openai", "azure_text"})
 # Providers whose URL path holds the model name (the rest carry it in the body).
@@ -61,8 +62,10 @@ def build(
     default_timeout: float,
     where: str,
     default_stream_timeout: float | None = None,
+    supported: frozenset[Endpoint] | None = None,
 ) -> Deployment:
-    """Validated params -> a Deployment, or ConfigError naming the key at fault."""
+    """Validated params -> a Deployment, or ConfigError naming the key at fault. `supported`:
+    model_info.supported_endpoints, the endpoints it may be chosen for (None: all it serves)."""
     if params.mock_response is not None:
         urls: Mapping[Endpoint, URL] = {}
         headers: Mapping[str, str] = {}
@@ -78,6 +81,14 @@ def build(
                 raise ConfigError(f"{where}.{key}", "must not contain line breaks or NUL")
         if params.provider in CHAT_OVER_TEXT:
             urls = {**urls, Endpoint.CHAT: urls[Endpoint.COMPLETIONS]}
+        if supported is not None:
+            missing = [f"/v1{e.value}" for e in supported if e not in urls]
+            if missing:
+                raise ConfigError(
+                    where.replace("litellm_params", "model_info.supported_endpoints"),
+                    f"{params.provider}/ does not serve {', '.join(sorted(missing))}",
+                )
+            urls = {e: url for e, url in urls.items() if e in supported}
     origin = None
     heads: dict[Endpoint, bytes] = {}
     model_slots: dict[Endpoint, int] = {}
@@ -85,9 +96,15 @@ def build(
         first = next(iter(urls.values()))
         origin = Origin(first.host, first.port, first.scheme == "https")
         for endpoint, url in urls.items():
-            head = request_head("POST", url.raw_path_qs, origin.authority, headers)
+            # A form's Content-Type names its boundary: it is the client's, per request.
+            content_type = None if endpoint in FORM_ENDPOINTS else "application/json"
+            head = request_head("POST", url.raw_path_qs, origin.authority, headers, content_type)
             heads[endpoint] = head
-            if params.provider in MODEL_IN_PATH and "*" in params.model:
+            if (
+                params.provider in MODEL_IN_PATH
+                and "*" in params.model
+                and WILDCARD_IN_PATH in head
+            ):
                 # A wildcard deployment name is filled in per request, at this offset.
                 model_slots[endpoint] = head.index(WILDCARD_IN_PATH)
     # Known parameters reach only the endpoints that take them; extra_body reaches all, as is.
@@ -122,6 +139,7 @@ def build(
         tpm=params.tpm,
         weight=params.weight,
         max_retries=params.max_retries,
+        endpoints=MOCK_ENDPOINTS if params.mock_response is not None else frozenset(heads),
     )
 
 
@@ -155,7 +173,7 @@ def api_base_warning(deployment: Deployment) -> str | None:
     if deployment.provider in MODEL_IN_PATH:
         return None  # Azure's paths are built here, not appended
     for endpoint, url in deployment.urls.items():
-        if not url.path.endswith(endpoint.value):
+        if endpoint in ROOT_ENDPOINTS or not url.path.endswith(endpoint.value):
             continue  # chat served by /completions (text-completion-openai/)
         base = url.path[: -len(endpoint.value)]
         if not base.rstrip("/").endswith("/v1"):

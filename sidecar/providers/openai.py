@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from sidecar.deployment import ConfigError, Params
-from sidecar.routes import Endpoint
+from sidecar.routes import MODEL_ENDPOINTS, ROOT_ENDPOINTS, Endpoint
 from sidecar.url import URL
 
 Builder = Callable[[Params, Mapping[str, str], str], tuple[dict[Endpoint, URL], dict[str, str]]]
@@ -17,7 +17,7 @@ Builder = Callable[[Params, Mapping[str, str], str], tuple[dict[Endpoint, URL], 
 OPENAI_API_BASE = "https://api.openai.com/v1"
 LLAMAFILE_API_BASE = "http://127.0.0.1:8080/v1"
 
-ALL_ENDPOINTS = (Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS)
+ALL_ENDPOINTS = tuple(e for e in Endpoint if e in MODEL_ENDPOINTS)
 
 
 def check_base(api_base: str, where: str) -> str:
@@ -39,9 +39,11 @@ def check_base(api_base: str, where: str) -> str:
 
 
 def endpoint_urls(api_base: str, endpoints: Iterable[Endpoint], where: str) -> dict[Endpoint, URL]:
-    """api_base + endpoint path, nothing else added (users end api_base with /v1)."""
+    """api_base + endpoint path, nothing else added (users end api_base with /v1), but for
+    /tokenize and /detokenize, which servers serve at their root: api_base without its /v1."""
     base = check_base(api_base, where)
-    return {e: URL.parse(base + e.value) for e in endpoints}
+    root = base.removesuffix("/v1")
+    return {e: URL.parse((root if e in ROOT_ENDPOINTS else base) + e.value) for e in endpoints}
 
 
 def bearer_headers(params: Params, key: str | None) -> dict[str, str]:

@@ -1,0 +1,578 @@
+"""The rest of the OpenAI-compatible surface, end to end: Responses (with the official openai
+SDK), Messages (with Anthropic's own SDK), rerank, audio forms, tokenize; each checked for what
+the client got and for what the upstream received."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import warnings
+from typing import Any
+
+import aiohttp
+import anthropic
+import pytest
+from aiohttp import web
+
+from tests.conftest import MakeSidecar, Sidecar
+from tests.fakes import FakeUpstream, Received, message_events, named_event
+from tests.redis_server import RedisServer
+
+KEY = "sk-surface-test-key"
+LIMIT = 5.0  # seconds a step may take before the test fails instead of hanging
+
+
+def table(*upstreams: FakeUpstream, extra: str = "", name: str = "m") -> str:
+    deployments = "".join(
+        f"""
+  - model_name: {name}
+    litellm_params:
+      model: hosted_vllm/served-{i}
+      api_base: {u.base}
+    model_info:
+      id: dep-{i}
+"""
+        for i, u in enumerate(upstreams)
+    )
+    return f"model_list:{deployments}general_settings:\n  master_key: {KEY}\n{extra}"
+
+
+def calls(upstream: FakeUpstream, path: str) -> list[Received]:
+    return [r for r in upstream.received if r.path == path]
+
+
+async def test_responses_with_the_openai_sdk(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(table(upstream))
+    client = sidecar.openai(KEY)
+    made = await client.responses.create(model="m", input="Say hello.")
+    assert made.output_text == "Hello from upstream"
+    assert made.usage is not None and made.usage.output_tokens == 3
+    (got,) = calls(upstream, "/v1/responses")
+    assert got.json() == {"model": "served-0", "input": "Say hello."}
+    assert got.headers["Content-Type"] == "application/json"
+
+
+async def test_streamed_responses_event_by_event(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    client_saw_first = asyncio.Event()
+    first = named_event(
+        "response.created", {"type": "response.created", "response": {"id": "resp_1"}}
+    )
+    rest = [
+        named_event(
+            "response.output_text.delta", {"type": "response.output_text.delta", "delta": "Hi"}
+        ),
+        named_event(
+            "response.completed", {"type": "response.completed", "response": {"id": "resp_1"}}
+        ),
+    ]
+
+    async def held(request: web.Request, got: Received) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(first)
+        # The rest only once the client has the first event: a buffering gateway deadlocks.
+        await asyncio.wait_for(client_saw_first.wait(), LIMIT)
+        for event in rest:
+            await response.write(event)
+        await response.write_eof()
+        return response
+
+    upstream.scripts["/v1/responses"] = held
+    sidecar = await make_sidecar(table(upstream))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            sidecar.url + "/v1/responses",
+            json={"model": "m", "input": "hi", "stream": True},
+            headers={"Authorization": f"Bearer {KEY}"},
+        ) as r,
+    ):
+        assert r.headers["Content-Type"] == "text/event-stream"
+        seen = await asyncio.wait_for(r.content.readuntil(b"\n\n"), LIMIT)
+        assert seen == first
+        client_saw_first.set()
+        assert await asyncio.wait_for(r.read(), LIMIT) == b"".join(rest)
+
+
+async def test_streamed_responses_with_the_sdk(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(table(upstream))
+    stream = await sidecar.openai(KEY).responses.create(model="m", input="hi", stream=True)
+    kinds, text = [], ""
+    async for event in stream:
+        kinds.append(event.type)
+        if event.type == "response.output_text.delta":
+            text += event.delta
+    assert kinds == ["response.created"] + ["response.output_text.delta"] * 3 + [
+        "response.completed"
+    ]
+    assert text == "Hello from upstream"
+    assert calls(upstream, "/v1/responses")[0].json()["stream"] is True
+
+
+async def test_previous_response_id_goes_where_the_response_was_made(
+    make_sidecar: MakeSidecar,
+) -> None:
+    upstreams = [await FakeUpstream().start() for _ in range(3)]
+    try:
+        sidecar = await make_sidecar(table(*upstreams))
+        client = sidecar.openai(KEY)
+        for _ in range(4):  # conversations, each started wherever the router chooses
+            made = await client.responses.create(model="m", input="first")
+            maker = next(u for u in upstreams if made.id.startswith(f"resp_{u.port}_"))
+            for _ in range(5):
+                made = await client.responses.create(
+                    model="m", input="more", previous_response_id=made.id
+                )
+                assert made.id.startswith(f"resp_{maker.port}_")  # made by the same one again
+                assert calls(maker, "/v1/responses")[-1].json()["previous_response_id"]
+            # Streamed, the id is read from the stream's first event.
+            stream = await client.responses.create(
+                model="m", input="streamed", previous_response_id=made.id, stream=True
+            )
+            async for event in stream:
+                if event.type == "response.completed":
+                    made = event.response
+            assert made.id.startswith(f"resp_{maker.port}_")
+            followed = await client.responses.create(
+                model="m", input="after the stream", previous_response_id=made.id
+            )
+            assert followed.id.startswith(f"resp_{maker.port}_")
+        # An id it never made is routed as any request.
+        assert (
+            await client.responses.create(model="m", input="x", previous_response_id="resp_unknown")
+        ).id
+    finally:
+        for u in upstreams:
+            await u.stop()
+
+
+async def test_another_replica_knows_the_response_on_redis(
+    redis: RedisServer, make_sidecar: MakeSidecar
+) -> None:
+    upstreams = [await FakeUpstream().start() for _ in range(3)]
+    shared = f"router_settings:\n  redis_host: 127.0.0.1\n  redis_port: {redis.port}\n"
+    try:
+        one = await make_sidecar(table(*upstreams, extra=shared))
+        other = await make_sidecar(table(*upstreams, extra=shared))
+        for _ in range(4):
+            made = await one.openai(KEY).responses.create(model="m", input="first")
+            maker = next(u for u in upstreams if made.id.startswith(f"resp_{u.port}_"))
+            await asyncio.sleep(0.2)  # stored on Redis in the background
+            for _ in range(3):
+                followed = await other.openai(KEY).responses.create(
+                    model="m", input="more", previous_response_id=made.id
+                )
+                assert followed.id.startswith(f"resp_{maker.port}_")
+    finally:
+        for u in upstreams:
+            await u.stop()
+
+
+def claude(sidecar: Sidecar, key: str = KEY) -> anthropic.AsyncAnthropic:
+    """Anthropic's SDK pointed at the sidecar, as Claude Code is: its key sent as x-api-key."""
+    return anthropic.AsyncAnthropic(base_url=sidecar.url, api_key=key, max_retries=0)
+
+
+async def test_messages_with_anthropics_sdk(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(table(upstream))
+    async with claude(sidecar) as client:
+        message = await client.messages.create(
+            model="m", max_tokens=16, messages=[{"role": "user", "content": "Say hello."}]
+        )
+        assert (
+            message.content[0].type == "text" and message.content[0].text == "Hello from upstream"
+        )
+        assert message.usage.output_tokens == 3
+        (got,) = calls(upstream, "/v1/messages")
+        assert got.json() == {
+            "model": "served-0",
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": "Say hello."}],
+        }
+        assert "x-api-key" not in got.headers  # the client's key is the gateway's, not passed on
+        async with client.messages.stream(
+            model="m", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+        ) as stream:
+            text = "".join([t async for t in stream.text_stream])
+        assert text == "Hello from upstream"
+        counted = await client.messages.count_tokens(
+            model="m", messages=[{"role": "user", "content": "Count these words, please."}]
+        )
+        assert counted.input_tokens > 0
+        assert calls(upstream, "/v1/messages/count_tokens")[0].json()["model"] == "served-0"
+
+
+async def test_streamed_messages_event_by_event(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    events = message_events("served-0", ["one", "two"])
+    client_saw_first = asyncio.Event()
+
+    async def held(request: web.Request, got: Received) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(events[0])
+        await asyncio.wait_for(client_saw_first.wait(), LIMIT)
+        for event in events[1:]:
+            await response.write(event)
+        await response.write_eof()
+        return response
+
+    upstream.scripts["/v1/messages"] = held
+    sidecar = await make_sidecar(table(upstream))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            sidecar.url + "/v1/messages",
+            json={
+                "model": "m",
+                "max_tokens": 8,
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+            headers={"x-api-key": KEY},
+        ) as r,
+    ):
+        assert await asyncio.wait_for(r.content.readuntil(b"\n\n"), LIMIT) == events[0]
+        client_saw_first.set()
+        assert await asyncio.wait_for(r.read(), LIMIT) == b"".join(events[1:])
+
+
+async def test_messages_errors_are_anthropic_shaped(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(table(upstream))
+    async with claude(sidecar, key="sk-wrong-key") as client:
+        with pytest.raises(anthropic.AuthenticationError) as raised:
+            await client.messages.create(
+                model="m", max_tokens=8, messages=[{"role": "user", "content": "x"}]
+            )
+    assert raised.value.status_code == 401
+    assert raised.value.body["type"] == "error"
+    assert raised.value.body["error"]["type"] == "authentication_error"
+    assert KEY not in str(raised.value.body) and "sk-wrong-key" not in str(raised.value.body)
+    async with claude(sidecar) as client:
+        with pytest.raises(anthropic.NotFoundError) as missing:
+            await client.messages.create(
+                model="nope", max_tokens=8, messages=[{"role": "user", "content": "x"}]
+            )
+        assert missing.value.body["error"]["type"] == "not_found_error"
+        with pytest.raises(anthropic.BadRequestError) as bad:
+            await client.messages.create(model="m", max_tokens=8, messages="not a list")  # type: ignore[arg-type]
+        assert bad.value.body["error"]["type"] == "invalid_request_error"
+    # The same failures on an OpenAI path keep OpenAI's shape.
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            sidecar.url + "/v1/chat/completions",
+            json={"model": "nope", "messages": []},
+            headers={"Authorization": f"Bearer {KEY}"},
+        ) as r,
+    ):
+        assert r.status == 404 and (await r.json())["error"]["code"] == "model_not_found"
+
+
+async def test_an_upstream_down_on_messages_is_an_anthropic_error(
+    make_sidecar: MakeSidecar,
+) -> None:
+    dead = await FakeUpstream().start()
+    await dead.stop()  # its port now refuses connections
+    sidecar = await make_sidecar(table(dead, extra="router_settings:\n  num_retries: 0\n"))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            sidecar.url + "/v1/messages",
+            json={"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]},
+            headers={"x-api-key": KEY},
+        ) as r,
+    ):
+        body = await r.json()
+    assert r.status == 502
+    assert body == {
+        "type": "error",
+        "error": {"type": "api_error", "message": body["error"]["message"]},
+    }
+
+
+@pytest.mark.parametrize("path", ["/v1/rerank", "/rerank"])
+async def test_rerank(upstream: FakeUpstream, make_sidecar: MakeSidecar, path: str) -> None:
+    sidecar = await make_sidecar(table(upstream))
+    asked = {
+        "model": "m",
+        "query": "what is a sidecar?",
+        "documents": ["a motorcycle part", "a proxy"],
+        "top_n": 2,
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(sidecar.url + path, json=asked, headers={"Authorization": f"Bearer {KEY}"}) as r,
+    ):
+        assert r.status == 200
+        ranked = await r.json()
+    assert [x["index"] for x in ranked["results"]] == [0, 1]
+    assert r.headers["x-sidecar-deployment"] == "dep-0"
+    (got,) = calls(upstream, "/v1/rerank")
+    assert got.json() == {**asked, "model": "served-0"}
+
+
+@pytest.mark.parametrize("kind", ["transcriptions", "translations"])
+async def test_audio_forms_with_the_openai_sdk(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, kind: str
+) -> None:
+    sidecar = await make_sidecar(table(upstream))
+    audio = os.urandom(3 * 1024 * 1024 + 17)  # a few MiB, not text
+    api = getattr(sidecar.openai(KEY).audio, kind)
+    extra = {"language": "en"} if kind == "transcriptions" else {}
+    with warnings.catch_warnings():
+        # The SDK marks translations.create deprecated (OpenAI's own endpoint); servers serve it.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        got = await api.create(
+            model="m",
+            file=("speech.wav", audio, "audio/wav"),
+            prompt="A test.",
+            response_format="json",
+            **extra,
+        )
+    # The upstream's text is the hash of the file as it arrived: every byte, unchanged.
+    assert got.text == "sha256:" + hashlib.sha256(audio).hexdigest()
+    (received,) = calls(upstream, f"/v1/audio/{kind}")
+    assert received.headers["Content-Type"].startswith("multipart/form-data; boundary=")
+    seen = got.model_dump()  # what the upstream's MIME parser found, passed back
+    assert seen["fields"] == {
+        "model": "served-0",
+        "prompt": "A test.",
+        "response_format": "json",
+        **extra,
+    }
+    assert seen["filename"] == "speech.wav"
+
+
+async def test_a_form_keeps_every_byte_but_the_model(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(table(upstream))
+    boundary = "sidecarTestBoundary42"
+    audio = os.urandom(200_000)
+    parts = [
+        b'--%s\r\nContent-Disposition: form-data; name="file"; filename="a.mp3"\r\nContent-Type: audio/mpeg\r\n\r\n%s\r\n'
+        % (boundary.encode(), audio),
+        b'--%s\r\nContent-Disposition: form-data; name="model"\r\n\r\nm\r\n' % boundary.encode(),
+        b'--%s\r\nContent-Disposition: form-data; name="temperature"\r\n\r\n0.2\r\n'
+        % boundary.encode(),
+        b"--%s--\r\n" % boundary.encode(),
+    ]
+    sent = b"".join(parts)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            sidecar.url + "/v1/audio/transcriptions",
+            data=sent,
+            headers={
+                "Authorization": f"Bearer {KEY}",
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+            },
+        ) as r,
+    ):
+        assert r.status == 200, await r.text()
+    (received,) = calls(upstream, "/v1/audio/transcriptions")
+    assert received.body == sent.replace(b"\r\n\r\nm\r\n", b"\r\n\r\nserved-0\r\n")
+    assert received.headers["Content-Type"] == f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "code"),
+    [
+        ("application/json", b'{"model": "m"}', "invalid_content_type"),
+        ("multipart/form-data", b"--x\r\n", "invalid_form"),
+        ("multipart/form-data; boundary=x", b"no parts at all", "invalid_form"),
+        (
+            "multipart/form-data; boundary=x",
+            b'--x\r\nContent-Disposition: form-data; name="model"\r\n\r\nm',
+            "invalid_form",
+        ),
+        (
+            "multipart/form-data; boundary=x",
+            b'--x\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nabc\r\n--x--\r\n',
+            None,
+        ),
+        (
+            "multipart/form-data; boundary=x",
+            b'--x\r\nContent-Disposition: form-data; name="model"\r\n\r\n\xff\xfe\r\n--x--\r\n',
+            "invalid_form",
+        ),
+    ],
+)
+async def test_a_bad_form_is_a_clear_400(
+    upstream: FakeUpstream,
+    make_sidecar: MakeSidecar,
+    content_type: str,
+    body: bytes,
+    code: str | None,
+) -> None:
+    sidecar = await make_sidecar(table(upstream))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            sidecar.url + "/v1/audio/transcriptions",
+            data=body,
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": content_type},
+        ) as r:
+            error = (await r.json())["error"]
+        assert r.status == 400
+        assert error["code"] == code
+        if code is None:
+            assert error["param"] == "model"  # a form without a model part
+        async with http.get(sidecar.url + "/health/liveliness") as alive:
+            assert alive.status == 200
+    assert not upstream.received
+
+
+async def test_tokenize_goes_to_the_servers_root(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(table(upstream))
+    async with aiohttp.ClientSession() as http:
+        for path in ("/tokenize", "/v1/tokenize"):
+            async with http.post(
+                sidecar.url + path,
+                json={"model": "m", "prompt": "one two three"},
+                headers={"Authorization": f"Bearer {KEY}"},
+            ) as r:
+                assert (await r.json())["count"] == 3
+        async with http.post(
+            sidecar.url + "/detokenize",
+            json={"model": "m", "tokens": [1, 2]},
+            headers={"Authorization": f"Bearer {KEY}"},
+        ) as r:
+            assert (await r.json())["prompt"] == "t1 t2"
+    assert [r.path for r in upstream.received] == ["/tokenize", "/tokenize", "/detokenize"]
+    assert upstream.received[0].json() == {"model": "served-0", "prompt": "one two three"}
+
+
+async def test_supported_endpoints_choose_who_serves_what(make_sidecar: MakeSidecar) -> None:
+    chat_only, everything = await FakeUpstream().start(), await FakeUpstream().start()
+    try:
+        sidecar = await make_sidecar(f"""
+model_list:
+  - model_name: m
+    litellm_params: {{model: hosted_vllm/a, api_base: "{chat_only.base}"}}
+    model_info: {{supported_endpoints: ["/v1/chat/completions"]}}
+  - model_name: m
+    litellm_params: {{model: hosted_vllm/b, api_base: "{everything.base}"}}
+  - model_name: chat-only
+    litellm_params: {{model: hosted_vllm/a, api_base: "{chat_only.base}"}}
+    model_info: {{supported_endpoints: ["/chat/completions"]}}
+general_settings:
+  master_key: {KEY}
+""")
+        client = sidecar.openai(KEY)
+        for _ in range(6):
+            await client.responses.create(model="m", input="hi")
+        assert len(calls(everything, "/v1/responses")) == 6
+        assert not calls(chat_only, "/v1/responses")
+        with pytest.raises(Exception) as refused:
+            await client.responses.create(model="chat-only", input="hi")
+        assert getattr(refused.value, "status_code", None) == 404
+        body: Any = getattr(refused.value, "body", {})
+        assert body["code"] == "unsupported_endpoint"
+        assert "/v1/responses" in body["message"]
+        chat = await client.chat.completions.create(
+            model="chat-only", messages=[{"role": "user", "content": "x"}]
+        )
+        assert chat.choices[0].message.content == "Hello from upstream"
+    finally:
+        await chat_only.stop()
+        await everything.stop()
+
+
+async def test_azure_serves_responses_and_audio_in_its_url_form(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    async def made(request: web.Request, got: Received) -> web.StreamResponse:
+        return web.json_response(
+            {"id": "resp_az", "object": "response", "output": [], "model": "x"}
+        )
+
+    upstream.scripts["/openai/responses"] = made
+    sidecar = await make_sidecar(f"""
+model_list:
+  - model_name: az
+    litellm_params:
+      model: azure/my-deployment
+      api_base: http://127.0.0.1:{upstream.port}
+      api_key: azure-secret-key
+      api_version: 2025-03-01-preview
+general_settings:
+  master_key: {KEY}
+""")
+    client = sidecar.openai(KEY)
+    assert (await client.responses.create(model="az", input="hi")).id == "resp_az"
+    got = upstream.last
+    assert got.path == "/openai/responses"
+    assert got.query == {"api-version": "2025-03-01-preview"}
+    assert got.headers["api-key"] == "azure-secret-key"
+    assert got.json()["model"] == "my-deployment"
+    with pytest.raises(Exception) as refused:
+        async with claude(sidecar) as anthropic_client:
+            await anthropic_client.messages.create(
+                model="az", max_tokens=8, messages=[{"role": "user", "content": "x"}]
+            )
+    assert getattr(refused.value, "status_code", None) == 404
+    body: Any = getattr(refused.value, "body", {})
+    assert body["error"]["type"] == "not_found_error"
+
+
+async def test_a_supported_endpoint_its_provider_lacks_is_a_config_error(
+    make_sidecar: MakeSidecar,
+) -> None:
+    from sidecar.deployment import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        await make_sidecar("""
+model_list:
+  - model_name: az
+    litellm_params: {model: azure/d, api_base: "http://127.0.0.1:1", api_key: k, api_version: v}
+    model_info: {supported_endpoints: ["/v1/messages"]}
+""")
+    assert "model_list[0].model_info.supported_endpoints" in str(raised.value)
+    assert "/v1/messages" in str(raised.value)
+    with pytest.raises(ConfigError, match="not an endpoint"):
+        await make_sidecar("""
+model_list:
+  - model_name: m
+    litellm_params: {model: hosted_vllm/d, api_base: "http://127.0.0.1:1/v1"}
+    model_info: {supported_endpoints: ["/v1/nothing"]}
+""")
+
+
+async def test_rerank_is_cached_when_listed(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    cache = (
+        "litellm_settings:\n  cache: true\n  cache_params:\n    supported_call_types: [arerank]\n"
+    )
+    sidecar = await make_sidecar(table(upstream, extra=cache))
+    asked = {"model": "m", "query": "q", "documents": ["a", "b"]}
+    seen = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(2):
+            async with http.post(
+                sidecar.url + "/v1/rerank", json=asked, headers={"Authorization": f"Bearer {KEY}"}
+            ) as r:
+                seen.append((r.headers["x-sidecar-cache"], await r.read()))
+        async with http.post(
+            sidecar.url + "/v1/responses",
+            json={"model": "m", "input": "x"},
+            headers={"Authorization": f"Bearer {KEY}"},
+        ) as r:
+            assert r.headers["x-sidecar-cache"] == "bypass"  # not listed
+    assert [s[0] for s in seen] == ["miss", "hit"] and seen[0][1] == seen[1][1]
+    assert len(calls(upstream, "/v1/rerank")) == 1
