@@ -29,17 +29,22 @@ QUIET = 1.0  # seconds without asking Redis after it failed (and one log line fo
 _ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,2048})"')
 
 
+HEAD = 8192  # bytes of a reply kept to find its id in
+
+
 class FirstPart(Tee):
-    """Keeps the first piece of a reply's body, where a response's id is."""
+    """Keeps the start of a reply's body, where a response's id is (a stream may begin with a
+    comment, or its first event come in pieces)."""
 
     __slots__ = ()
 
     def __init__(self) -> None:
-        super().__init__(0)
+        super().__init__(HEAD)
 
     def add(self, data: bytes) -> None:
         parts = self.parts
-        if parts is not None and not parts and data:
+        if parts is not None and self.size < HEAD:
+            self.size += len(data)
             parts.append(data)
 
 
@@ -47,7 +52,7 @@ def response_id(tee: Tee | None) -> str | None:
     """The id in the reply's first piece, as `tee` kept it."""
     if tee is None or not tee.parts:
         return None
-    found = _ID.search(tee.parts[0], 0, 8192)
+    found = _ID.search(b"".join(tee.parts), 0, HEAD)
     return found.group(1).decode("utf-8", "replace") if found else None
 
 
@@ -60,11 +65,7 @@ class Affinity:
         self._storing: set[asyncio.Task[None]] = set()
 
     def remember(self, response: str, deployment: str) -> None:
-        known = self._known
-        known[response] = deployment
-        known.move_to_end(response)
-        if len(known) > LIMIT:
-            known.popitem(last=False)
+        self._keep(response, deployment)
         if self.link is not None:
             task = asyncio.get_running_loop().create_task(self._store(response, deployment))
             self._storing.add(task)
@@ -73,8 +74,11 @@ class Affinity:
     async def where(self, response: str) -> str | None:
         """The deployment that made `response`, when it is known here or on Redis."""
         found = self._known.get(response)
-        if found is not None or self.link is None or time.monotonic() < self.down_until:
+        if found is not None:
+            self._known.move_to_end(response)
             return found
+        if self.link is None or time.monotonic() < self.down_until:
+            return None
         try:
             value = await self.link.command("GET", self.prefix + response)
         except RedisDown as exc:
@@ -83,8 +87,15 @@ class Affinity:
         if value is None:
             return None
         found = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-        self._known[response] = found
+        self._keep(response, found)
         return found
+
+    def _keep(self, response: str, deployment: str) -> None:
+        known = self._known
+        known[response] = deployment
+        known.move_to_end(response)
+        while len(known) > LIMIT:
+            known.popitem(last=False)
 
     async def _store(self, response: str, deployment: str) -> None:
         assert self.link is not None

@@ -28,7 +28,7 @@ from sidecar.outcome import Outcome
 from sidecar.router import ERROR as ERROR_CAUSE
 from sidecar.router import FAILED_ANSWER, Blocked, Router
 from sidecar.router import RATE_LIMIT as RATE_LIMIT_CAUSE
-from sidecar.routes import ANTHROPIC_ENDPOINTS, Endpoint
+from sidecar.routes import ANTHROPIC_ENDPOINTS, UNSPENT_ENDPOINTS, Endpoint
 from sidecar.shared.link import RedisDown
 from sidecar.shared.sync import Sync
 from sidecar.state import State
@@ -218,7 +218,7 @@ class Attempts:
                         self.metrics.upstream_error(
                             deployment.id, kind if kind == "timeout" else "mid_reply"
                         )
-                    elif status < 400:
+                    elif status < 400 and endpoint not in UNSPENT_ENDPOINTS:
                         if endpoint is Endpoint.RESPONSES:
                             made = response_id(reply.tee)
                             if made is not None:

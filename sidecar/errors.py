@@ -65,7 +65,9 @@ class GatewayError(Exception):
 
     def body(self, anthropic: bool = False) -> bytes:
         if anthropic:
-            kind = ANTHROPIC_TYPES.get(self.status, "api_error")
+            kind = ANTHROPIC_TYPES.get(self.status) or (
+                "invalid_request_error" if self.status < 500 else "api_error"
+            )
             return orjson.dumps({"type": "error", "error": {"type": kind, "message": self.message}})
         error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
         return orjson.dumps({"error": error})
@@ -76,7 +78,8 @@ class GatewayError(Exception):
         return Answer(self.status, headers, self.body(anthropic))
 
 
-# Anthropic's error types by status (its API's "Errors" page); any other is an api_error.
+# Anthropic's error types by status (its API's "Errors" page); any other 4xx is an
+# invalid_request_error, any other 5xx an api_error.
 ANTHROPIC_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -99,7 +102,7 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 def unauthorized() -> GatewayError:
     return GatewayError(
         401,
-        "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
+        "Missing or invalid API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>').",
         AUTHENTICATION,
         "invalid_api_key",
     )

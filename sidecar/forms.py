@@ -14,9 +14,13 @@ from typing import NamedTuple
 from sidecar import errors
 
 MAX_FIELD = 64 * 1024  # bytes: a longer part without a filename is passed on, not read
-_BOUNDARY = re.compile(r'boundary\s*=\s*(?:"([^"]{1,70})"|([^\s;"]{1,70}))', re.I)
-_NAME = re.compile(rb'(?:^|;)\s*name\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;]+))', re.I)
-_FILENAME = re.compile(rb"(?:^|;)\s*filename\*?\s*=", re.I)
+_BOUNDARY = re.compile(
+    r'(?:^|;)\s*boundary\s*=\s*(?:"([^"]{1,70})"|([^\s;"]{1,70}))\s*(?:;|$)', re.I
+)
+# One parameter of a Content-Disposition (RFC 6266): a token, or a quoted string with escapes.
+_PARAM = re.compile(
+    rb'\s*;\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;"]*))'
+)
 
 
 class Form(NamedTuple):
@@ -42,13 +46,20 @@ def parse(body: bytes, content_type: str | None) -> Form:
             code="invalid_content_type",
         )
     assert content_type is not None
-    found = _BOUNDARY.search(content_type)
+    found = _BOUNDARY.search(content_type.split(";", 1)[1] if ";" in content_type else "")
     if found is None:
-        raise _malformed("its Content-Type names no boundary")
-    delimiter = b"--" + (found.group(1) or found.group(2)).encode("latin-1")
-    at = body.find(delimiter)
-    if at < 0:
-        raise _malformed("it has no part")
+        raise _malformed("its Content-Type names no boundary of 1 to 70 characters")
+    try:
+        delimiter = b"--" + (found.group(1) or found.group(2)).encode("ascii")
+    except UnicodeEncodeError:
+        raise _malformed("its boundary is not ASCII") from None
+    if body.startswith(delimiter + b"\r\n"):
+        at = 0
+    else:
+        at = body.find(b"\r\n" + delimiter + b"\r\n")  # after a preamble
+        if at < 0:
+            raise _malformed("it has no part")
+        at += 2
     fields: dict[str, str] = {}
     model: tuple[int, int] | None = None
     while True:
@@ -57,21 +68,30 @@ def parse(body: bytes, content_type: str | None) -> Form:
             break  # the close delimiter: what follows is the epilogue
         if not body.startswith(b"\r\n", at):
             raise _malformed("a delimiter is not followed by a line break")
-        head_end = body.find(b"\r\n\r\n", at + 2)
-        if head_end < 0:
-            raise _malformed("a part's headers do not end")
-        start = head_end + 4
+        at += 2
+        if body.startswith(b"\r\n", at):
+            head_end, start = at, at + 2  # a part without headers
+        else:
+            head_end = body.find(b"\r\n\r\n", at)
+            if head_end < 0:
+                raise _malformed("a part's headers do not end")
+            start = head_end + 4
         end = body.find(b"\r\n" + delimiter, start)
         if end < 0:
             raise _malformed("it does not end with its boundary")
-        name, is_file = _disposition(body[at + 2 : head_end])
+        name, is_file = _disposition(body[at:head_end])
+        if name == "model":
+            # One model, read the same way by every server: a second one could name another
+            # model to an upstream that reads the first.
+            if model is not None or is_file:
+                raise _malformed("it has more than one 'model' part, or a 'model' file")
+            model = (start, end)
         if name is not None and not is_file and end - start <= MAX_FIELD:
             try:
                 fields[name] = body[start:end].decode("utf-8")
             except UnicodeDecodeError:
-                raise _malformed(f"the field '{name}' is not UTF-8 text") from None
-            if name == "model":
-                model = (start, end)
+                if name == "model":
+                    raise _malformed("the field 'model' is not UTF-8 text") from None
         at = end + 2
     if model is None or not fields.get("model"):
         raise errors.bad_request("You must provide a model parameter.", "model")
@@ -79,18 +99,39 @@ def parse(body: bytes, content_type: str | None) -> Form:
 
 
 def _disposition(head: bytes) -> tuple[str | None, bool]:
-    """The part's field name and whether it is a file, from its Content-Disposition."""
+    """The part's field name and whether it is a file, from its Content-Disposition; a 400
+    for one that cannot be read one way only."""
+    found: tuple[str | None, bool] | None = None
     for line in head.split(b"\r\n"):
-        label, _, value = line.partition(b":")
-        if label.strip().lower() != b"content-disposition":
+        label, colon, value = line.partition(b":")
+        if not colon or label != label.strip():
+            raise _malformed("a part's header line is not 'Name: value'")
+        if label.lower() != b"content-disposition":
             continue
-        found = _NAME.search(value)
-        if found is None:
-            return None, False
-        raw = found.group(1) if found.group(1) is not None else found.group(2)
-        name = re.sub(rb"\\(.)", rb"\1", raw).decode("utf-8", "replace")
-        return name, _FILENAME.search(value) is not None
-    return None, False
+        if found is not None:
+            raise _malformed("a part has two Content-Disposition headers")
+        kind, _, rest = value.strip().partition(b";")
+        if kind.strip().lower() != b"form-data":
+            raise _malformed("a part is not form-data")
+        params: dict[bytes, bytes] = {}
+        at = 0
+        rest = b";" + rest
+        while at < len(rest.rstrip()):
+            matched = _PARAM.match(rest, at)
+            if matched is None:
+                raise _malformed("a part's Content-Disposition does not parse")
+            key = matched.group(1).lower()
+            if key in params:
+                raise _malformed(f"a part's Content-Disposition names '{key.decode()}' twice")
+            quoted = matched.group(2)
+            params[key] = (
+                re.sub(rb"\\(.)", rb"\1", quoted) if quoted is not None else matched.group(3)
+            )
+            at = matched.end()
+        name = params.get(b"name")
+        is_file = b"filename" in params or b"filename*" in params
+        found = (None if name is None else name.decode("utf-8", "replace"), is_file)
+    return found if found is not None else (None, False)
 
 
 def _malformed(why: str) -> errors.GatewayError:

@@ -28,6 +28,8 @@ from sidecar.routes import (
     ANTHROPIC_ENDPOINTS,
     FORM_ENDPOINTS,
     MODEL_ENDPOINTS,
+    ROUTES,
+    UNSPENT_ENDPOINTS,
     Endpoint,
     RouteError,
     match,
@@ -164,8 +166,12 @@ class Gateway:
     def _refuse(
         self, request: Request, reply: Responder, outcome: Outcome, failure: errors.GatewayError
     ) -> None:
-        """The answer to a path this listener does not serve, logged and counted."""
-        reply.send_answer(failure.answer())
+        """The answer to a path this listener does not serve, logged and counted (a wrong
+        method on an Anthropic path in Anthropic's shape)."""
+        route = ROUTES.get(request.path)
+        reply.send_answer(
+            failure.answer(route is not None and route.endpoint in ANTHROPIC_ENDPOINTS)
+        )
         record(self.metrics, self.access_log, request, None, outcome, failure.status, reply)
 
     async def _dispatch(
@@ -241,8 +247,9 @@ class Gateway:
                 "overloaded",
                 headers={"Retry-After": "1"},
             )
-        # Tokens, until the reply's usage says (a form is mostly its file: no estimate).
-        estimate = 0 if form is not None else len(raw) // 4
+        # Tokens, until the reply's usage says (a form is mostly its file; counting tokens
+        # spends none): no estimate for those.
+        estimate = 0 if form is not None or endpoint in UNSPENT_ENDPOINTS else len(raw) // 4
         controls = body.pop("cache", None)  # LiteLLM's per-request cache controls: ours alone
         cache = self.cache
         use = entry = None

@@ -51,6 +51,9 @@ MODEL_ENDPOINTS = frozenset(
 FORM_ENDPOINTS = frozenset({Endpoint.TRANSCRIPTIONS, Endpoint.TRANSLATIONS})
 # Whose own errors take Anthropic's shape, as the clients of these paths read them.
 ANTHROPIC_ENDPOINTS = frozenset({Endpoint.MESSAGES, Endpoint.COUNT_TOKENS})
+# They count tokens or turn them to text, and generate nothing: no tokens spent, none counted
+# (count_tokens' reply names input_tokens, as a generation's usage does).
+UNSPENT_ENDPOINTS = frozenset({Endpoint.COUNT_TOKENS, Endpoint.TOKENIZE, Endpoint.DETOKENIZE})
 # Served by the server's root, not under /v1: api_base loses its trailing /v1 for them.
 ROOT_ENDPOINTS = frozenset({Endpoint.TOKENIZE, Endpoint.DETOKENIZE})
 

@@ -269,6 +269,9 @@ async def test_messages_errors_are_anthropic_shaped(
         with pytest.raises(anthropic.BadRequestError) as bad:
             await client.messages.create(model="m", max_tokens=8, messages="not a list")  # type: ignore[arg-type]
         assert bad.value.body["error"]["type"] == "invalid_request_error"
+    async with aiohttp.ClientSession() as http, http.get(sidecar.url + "/v1/messages") as r:
+        assert r.status == 405
+        assert (await r.json())["error"]["type"] == "invalid_request_error"
     # The same failures on an OpenAI path keep OpenAI's shape.
     async with (
         aiohttp.ClientSession() as http,
@@ -386,6 +389,68 @@ async def test_a_form_keeps_every_byte_but_the_model(
     (received,) = calls(upstream, "/v1/audio/transcriptions")
     assert received.body == sent.replace(b"\r\n\r\nm\r\n", b"\r\n\r\nserved-0\r\n")
     assert received.headers["Content-Type"] == f"multipart/form-data; boundary={boundary}"
+
+
+def _form(*parts: bytes) -> bytes:
+    return b"".join(b"--x\r\n" + p + b"\r\n" for p in parts) + b"--x--\r\n"
+
+
+_MODEL = b'Content-Disposition: form-data; name="model"\r\n\r\n'
+_FILE = b'Content-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nAAAA'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # Two models: an upstream that reads the first would run the one the key may not use.
+        _form(_MODEL + b"gpt-4o-transcribe", _MODEL + b"m", _FILE),
+        # A second model disguised as a file by a quoted parameter that holds "filename=".
+        _form(
+            _MODEL + b"m",
+            b'Content-Disposition: form-data; name="model"; x="; filename=y"\r\n\r\ngpt-4o',
+            _FILE,
+        ),
+        # A part without headers followed by a model part.
+        _form(b"\r\nheaderless", _MODEL + b"gpt-4o", _MODEL + b"m", _FILE),
+        _form(b'Content-Disposition: form-data; name="model"; name="other"\r\n\r\nm', _FILE),
+        _form(b'Content-Disposition : form-data; name="model"\r\n\r\nm', _FILE),
+    ],
+)
+async def test_an_ambiguous_form_is_refused(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, body: bytes
+) -> None:
+    sidecar = await make_sidecar(table(upstream))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            sidecar.url + "/v1/audio/transcriptions",
+            data=body,
+            headers={
+                "Authorization": f"Bearer {KEY}",
+                "Content-Type": "multipart/form-data; boundary=x",
+            },
+        ) as r,
+    ):
+        assert r.status == 400, await r.text()
+        assert (await r.json())["error"]["code"] == "invalid_form"
+    assert not upstream.received
+
+
+async def test_a_non_ascii_boundary_is_a_400_not_a_crash(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(table(upstream))
+    head = (
+        b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + KEY.encode() + b"\r\n"
+        b"Content-Type: multipart/form-data; boundary=\xe2\x82\xacx\r\nContent-Length: 4\r\n\r\nabcd"
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.running.port)
+    writer.write(head)
+    reply = await asyncio.wait_for(reader.read(4096), LIMIT)
+    writer.close()
+    assert reply.startswith(b"HTTP/1.1 400 "), reply[:80]
+    assert b'"invalid_form"' in reply
 
 
 @pytest.mark.parametrize(
@@ -576,3 +641,81 @@ async def test_rerank_is_cached_when_listed(
             assert r.headers["x-sidecar-cache"] == "bypass"  # not listed
     assert [s[0] for s in seen] == ["miss", "hit"] and seen[0][1] == seen[1][1]
     assert len(calls(upstream, "/v1/rerank")) == 1
+
+
+async def test_the_id_is_found_when_the_stream_begins_with_a_comment(
+    make_sidecar: MakeSidecar,
+) -> None:
+    upstreams = [await FakeUpstream().start() for _ in range(3)]
+
+    def split_stream(fake: FakeUpstream) -> Any:
+        async def script(request: web.Request, got: Received) -> web.StreamResponse:
+            made = {"id": f"resp_{fake.port}_{len(fake.received)}", "object": "response"}
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(b": keep-alive\n\n")  # a comment first, in a write of its own
+            await asyncio.sleep(0.01)
+            event = named_event("response.created", {"type": "response.created", "response": made})
+            await response.write(event[:20])  # and the event in two pieces
+            await asyncio.sleep(0.01)
+            await response.write(event[20:])
+            await response.write_eof()
+            return response
+
+        return script
+
+    try:
+        for fake in upstreams:
+            fake.scripts["/v1/responses"] = split_stream(fake)
+        sidecar = await make_sidecar(table(*upstreams))
+        async with aiohttp.ClientSession() as http:
+            for _ in range(3):
+                async with http.post(
+                    sidecar.url + "/v1/responses",
+                    json={"model": "m", "input": "x", "stream": True},
+                    headers={"Authorization": f"Bearer {KEY}"},
+                ) as r:
+                    text = await r.read()
+                made_id = text.split(b'"id":"', 1)[1].split(b'"', 1)[0].decode()
+                for _ in range(4):
+                    async with http.post(
+                        sidecar.url + "/v1/responses",
+                        json={
+                            "model": "m",
+                            "input": "y",
+                            "stream": True,
+                            "previous_response_id": made_id,
+                        },
+                        headers={"Authorization": f"Bearer {KEY}"},
+                    ) as r:
+                        assert f'"id":"resp_{made_id.split("_")[1]}_'.encode() in await r.read()
+    finally:
+        for u in upstreams:
+            await u.stop()
+
+
+async def test_counting_tokens_spends_none(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(table(upstream))
+    async with claude(sidecar) as client:
+        counted = await client.messages.count_tokens(
+            model="m", messages=[{"role": "user", "content": "word " * 400}]
+        )
+    assert counted.input_tokens > 100
+    async with aiohttp.ClientSession() as http, http.get(sidecar.url + "/metrics") as r:
+        metrics = await r.text()
+    assert "sidecar_tokens_total{" not in metrics
+
+
+def test_the_affinitys_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar import affinity
+
+    monkeypatch.setattr(affinity, "LIMIT", 10)
+    known = affinity.Affinity()
+    known._keep("resp_kept", "dep-0")
+    for i in range(100):
+        known._keep(f"resp_{i}", "dep-1")
+        assert asyncio.run(known.where("resp_kept")) == "dep-0"  # read: the last to go
+    assert len(known._known) == 10
+    assert asyncio.run(known.where("resp_0")) is None
