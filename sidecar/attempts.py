@@ -81,6 +81,8 @@ class Attempts:
             previous = body.get("previous_response_id")
             if isinstance(previous, str):
                 pinned = await self.affinity.where(previous)
+        elif endpoint is Endpoint.MESSAGES and body.get("stream") is True and reply.tee is None:
+            reply.tee = FirstPart()  # its message_start event, where the input tokens are
         if reply.tee is not None:
             # The response cache keeps this reply for any client, whatever it accepts (and
             # a response's id must be read): it is asked for uncompressed, and sent so.
@@ -224,6 +226,9 @@ class Attempts:
                             if made is not None:
                                 self.affinity.remember(made, deployment.id)
                         counted = usage.tokens(exchange.before_last, exchange.last)
+                        if counted is not None and not counted[0] and endpoint is Endpoint.MESSAGES:
+                            head = b"".join(reply.tee.parts or ()) if reply.tee else b""
+                            counted = (usage.input_tokens(head) or 0, counted[1])
                         if counted is not None:
                             self.metrics.usage(group.name, *counted)
                             router.used(deployment, sum(counted) - tokens)

@@ -30,4 +30,15 @@ def tokens(*pieces: bytes) -> tuple[int, int] | None:
             if at >= 0 and (found := _COUNT.match(piece, at + len(completion_name))) is not None:
                 completion = int(found.group(1))
             return int(prompt.group(1)), completion
+        # An Anthropic stream's last events count only its output (its input came first).
+        at = piece.rfind(b'"output_tokens"', start)
+        if at >= 0 and (found := _COUNT.match(piece, at + 15)) is not None:
+            return 0, int(found.group(1))
     return None
+
+
+def input_tokens(head: bytes) -> int | None:
+    """An Anthropic stream's input tokens, from its message_start event at the start."""
+    at = head.find(b'"input_tokens"')
+    found = _COUNT.match(head, at + 14) if at >= 0 else None
+    return int(found.group(1)) if found is not None else None

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import MakeSidecar, Sidecar
-from tests.fakes import FakeUpstream, Received, message_events, named_event
+from tests.fakes import FakeUpstream, Received, message_events, named_event, sse
 from tests.redis_server import RedisServer
 
 KEY = "sk-surface-test-key"
@@ -719,3 +719,25 @@ def test_the_affinitys_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
         assert asyncio.run(known.where("resp_kept")) == "dep-0"  # read: the last to go
     assert len(known._known) == 10
     assert asyncio.run(known.where("resp_0")) is None
+
+
+async def test_a_streamed_messages_usage_is_counted(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    async def paced(request: web.Request, got: Received) -> web.StreamResponse:
+        # Each event its own write: the input tokens come first, the output tokens last.
+        return await sse(request, message_events("served-0", ["a", "b", "c"]), pause=0.02)
+
+    upstream.scripts["/v1/messages"] = paced
+    sidecar = await make_sidecar(table(upstream))
+    async with (
+        claude(sidecar) as client,
+        client.messages.stream(
+            model="m", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+        ) as stream,
+    ):
+        assert "".join([t async for t in stream.text_stream]) == "abc"
+    async with aiohttp.ClientSession() as http, http.get(sidecar.url + "/metrics") as r:
+        metrics = await r.text()
+    assert 'sidecar_tokens_total{model="m",kind="prompt"} 5' in metrics
+    assert 'sidecar_tokens_total{model="m",kind="completion"} 3' in metrics
