@@ -20,7 +20,13 @@ from sidecar.affinity import Affinity, FirstPart, response_id
 from sidecar.deployment import Deployment
 from sidecar.failover import MAX_RETRY_AFTER, Failure, pause
 from sidecar.forms import Form
-from sidecar.headers import ATTEMPTS_HEADER, DEPLOYMENT_HEADER, IDENTITY, client_headers
+from sidecar.headers import (
+    ATTEMPTS_HEADER,
+    DEPLOYMENT_HEADER,
+    IDENTITY,
+    anthropic_headers,
+    client_headers,
+)
 from sidecar.http.message import Responder
 from sidecar.metrics import Metrics
 from sidecar.origin import UpstreamError
@@ -74,6 +80,8 @@ class Attempts:
         fallback_names = state.fallback_names(found.group.name)
         chain = itertools.chain((found,), state.fallbacks(fallback_names))
         accept, encoding = client_headers(client)
+        if endpoint in ANTHROPIC_ENDPOINTS:
+            accept += anthropic_headers(client)
         pinned = None  # the deployment that made the response this request continues
         if endpoint is Endpoint.RESPONSES:
             if reply.tee is None:

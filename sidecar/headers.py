@@ -77,6 +77,21 @@ def client_headers(client: Mapping[str, str]) -> tuple[bytes, bytes]:
     )
 
 
+# What Anthropic's clients send for the server to read (the API version, opted-in betas):
+# passed on, on the Messages paths only.
+ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
+
+
+def anthropic_headers(client: Mapping[str, str]) -> bytes:
+    """The header lines of ANTHROPIC_HEADERS the client sent, as it sent them."""
+    lines = [
+        f"{name}: {value}\r\n".encode("latin-1", "replace")
+        for name in ANTHROPIC_HEADERS
+        if _clean(value := client.get(name))
+    ]
+    return b"".join(lines)
+
+
 def _clean(value: str | None) -> bool:
     return value is not None and "\r" not in value and "\n" not in value and "\0" not in value
 

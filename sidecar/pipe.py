@@ -150,7 +150,15 @@ async def read_error(exchange: Exchange, deployment_id: str) -> bytes:
 
 
 # How OpenAI-compatible streams end (the API reference; also vLLM, llama.cpp, LiteLLM).
-DONE_EVENTS = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n", b"data:[DONE]\n\n")
+# How a stream's last event ends: OpenAI's [DONE], and Anthropic's message_stop (its SDK
+# closes once it has it).
+DONE_EVENTS = (
+    b"data: [DONE]\n\n",
+    b"data: [DONE]\r\n\r\n",
+    b"data:[DONE]\n\n",
+    b'{"type":"message_stop"}\n\n',
+    b'{"type": "message_stop"}\n\n',
+)
 FINISH_WITHIN = 2.0  # seconds the rest of a stream's body may take, read for nobody
 _finishing: set[asyncio.Task[None]] = set()  # held, so that the loop does not drop them
 

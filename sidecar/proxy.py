@@ -168,10 +168,7 @@ class Gateway:
     ) -> None:
         """The answer to a path this listener does not serve, logged and counted (a wrong
         method on an Anthropic path in Anthropic's shape)."""
-        route = ROUTES.get(request.path)
-        reply.send_answer(
-            failure.answer(route is not None and route.endpoint in ANTHROPIC_ENDPOINTS)
-        )
+        reply.send_answer(refusal_answer(request.path, failure))
         record(self.metrics, self.access_log, request, None, outcome, failure.status, reply)
 
     async def _dispatch(
@@ -282,6 +279,12 @@ class Gateway:
             await self.limits.admit_exactly(sync, key, tokens, tpm)
         else:
             self.limits.admit(key, tokens, tpm)
+
+
+def refusal_answer(path: str, failure: errors.GatewayError) -> errors.Answer:
+    """A refusal of the HTTP layer (413, 431, 408 ...), in Anthropic's shape on its paths."""
+    route = ROUTES.get(path)
+    return failure.answer(route is not None and route.endpoint in ANTHROPIC_ENDPOINTS)
 
 
 def _failure(reply: Responder, failure: errors.GatewayError, anthropic: bool) -> None:

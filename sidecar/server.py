@@ -21,7 +21,7 @@ from sidecar.config import CacheSettings, Config
 from sidecar.deployment import ConfigError
 from sidecar.http.server import Listener
 from sidecar.metrics import Metrics, NoMetrics
-from sidecar.proxy import Gateway
+from sidecar.proxy import Gateway, refusal_answer
 from sidecar.shared.ledger import Ledger
 from sidecar.shared.sync import Sync
 from sidecar.upstream import Pool
@@ -84,6 +84,7 @@ async def start(
         limits,
         max_connections=config.server.max_connections,
         over_limit=gateway.handle_over_limit,
+        answer=refusal_answer,
     )
     if admin_port is None:
         admin_port = config.server.admin_port

@@ -199,6 +199,8 @@ async def test_messages_with_anthropics_sdk(
             "messages": [{"role": "user", "content": "Say hello."}],
         }
         assert "x-api-key" not in got.headers  # the client's key is the gateway's, not passed on
+        sent = client.default_headers["anthropic-version"]
+        assert got.headers["anthropic-version"] == sent  # what the SDK sent, passed on
         async with client.messages.stream(
             model="m", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
         ) as stream:
@@ -609,7 +611,7 @@ model_list:
 """)
     assert "model_list[0].model_info.supported_endpoints" in str(raised.value)
     assert "/v1/messages" in str(raised.value)
-    with pytest.raises(ConfigError, match="not an endpoint"):
+    with pytest.raises(ConfigError, match="names no endpoint"):
         await make_sidecar("""
 model_list:
   - model_name: m
@@ -741,3 +743,52 @@ async def test_a_streamed_messages_usage_is_counted(
         metrics = await r.text()
     assert 'sidecar_tokens_total{model="m",kind="prompt"} 5' in metrics
     assert 'sidecar_tokens_total{model="m",kind="completion"} 3' in metrics
+
+
+async def test_a_litellm_table_listing_paths_we_do_not_route_loads(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    from sidecar import config as configs
+
+    text = f"""
+model_list:
+  - model_name: m
+    litellm_params: {{model: hosted_vllm/d, api_base: "{upstream.base}"}}
+    model_info: {{supported_endpoints: ["/v1/messages", "/v1/images/generations"]}}
+"""
+    sidecar = await make_sidecar(text)
+    assert any("/v1/images/generations" in w for w in sidecar.running.gateway.state.config.warnings)
+    async with claude(sidecar) as client:
+        counted = await client.messages.count_tokens(
+            model="m", messages=[{"role": "user", "content": "a few words here"}]
+        )  # count_tokens comes with /v1/messages
+    assert counted.input_tokens > 0
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(sidecar.url + "/v1/chat/completions", json={"model": "m", "messages": []}) as r,
+    ):
+        assert r.status == 404  # not listed
+    assert configs is not None
+
+
+async def test_the_http_layers_refusals_on_messages_are_anthropic_shaped(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(
+        table(upstream, extra="sidecar_settings:\n  max_request_bytes: 2000\n")
+    )
+    big = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "x" * 5000}]}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            sidecar.url + "/v1/messages", json=big, headers={"x-api-key": KEY}
+        ) as r:
+            assert r.status == 413
+            assert (await r.json())["error"]["type"] == "request_too_large"
+        async with http.post(
+            sidecar.url + "/v1/chat/completions",
+            json=big,
+            headers={"Authorization": f"Bearer {KEY}"},
+        ) as r:
+            assert r.status == 413
+            assert (await r.json())["error"]["code"] == "request_too_large"
+    assert not upstream.received

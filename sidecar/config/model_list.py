@@ -81,7 +81,9 @@ def deployment_of(
         router.timeout,
         f"{where}.litellm_params",
         router.stream_timeout,
-        _supported(info.get("supported_endpoints"), f"{where}.model_info.supported_endpoints"),
+        _supported(
+            info.get("supported_endpoints"), f"{where}.model_info.supported_endpoints", warnings
+        ),
     )
     unusual = providers.api_base_warning(deployment)
     if unusual is not None:
@@ -89,9 +91,11 @@ def deployment_of(
     return deployment
 
 
-def _supported(raw: Any, where: str) -> frozenset[Endpoint] | None:
+def _supported(raw: Any, where: str, warnings: list[str]) -> frozenset[Endpoint] | None:
     """LiteLLM's model_info.supported_endpoints: the paths this deployment serves (with or
-    without /v1); None, all that its provider serves."""
+    without /v1); None, all that its provider serves. A path this gateway does not route
+    (LiteLLM's /v1/images/generations ...) is ignored with a warning, so a LiteLLM table loads;
+    /v1/messages brings its count_tokens."""
     if raw is None:
         return None
     if not isinstance(raw, list) or not raw or not all(isinstance(p, str) for p in raw):
@@ -100,9 +104,14 @@ def _supported(raw: Any, where: str) -> frozenset[Endpoint] | None:
     for path in raw:
         route = ROUTES.get(path.rstrip("/") or "/")
         if route is None or route.endpoint not in MODEL_ENDPOINTS:
-            known = ", ".join(f"/v1{e.value}" for e in Endpoint if e in MODEL_ENDPOINTS)
-            raise ConfigError(where, f"'{path}' is not an endpoint this gateway routes ({known})")
+            warnings.append(f"{where}: '{path}' is not an endpoint this gateway routes; ignored")
+            continue
         found.add(route.endpoint)
+        if route.endpoint is Endpoint.MESSAGES:
+            found.add(Endpoint.COUNT_TOKENS)
+    if not found:
+        known = ", ".join(f"/v1{e.value}" for e in Endpoint if e in MODEL_ENDPOINTS)
+        raise ConfigError(where, f"names no endpoint this gateway routes ({known})")
     return frozenset(found)
 
 

@@ -64,6 +64,11 @@ class _Refusal(Exception):
     def __init__(self, failure: errors.GatewayError, why: str) -> None:
         super().__init__(why)
         self.failure = failure
+        self.path = ""  # the request's path, when it was read before the refusal
+
+
+def _answer(path: str, failure: errors.GatewayError) -> errors.Answer:
+    return failure.answer()
 
 
 def _head_too_large() -> _Refusal:
@@ -81,9 +86,13 @@ class Listener:
         *,
         max_connections: int = 0,
         over_limit: Handler | None = None,
+        answer: Callable[[str, errors.GatewayError], errors.Answer] = _answer,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.handler = handler
+        # How a refusal of this layer is written, by the request's path (a path's clients may
+        # read another error shape than OpenAI's).
+        self.answer = answer
         self.limits = limits
         self.max_connections = max_connections
         self.over_limit = over_limit or handler
@@ -570,6 +579,8 @@ class HttpProtocol(asyncio.Protocol):
             self.send(_CONTINUE)
 
     def _refuse(self, refusal: _Refusal) -> None:
+        if self.request is not None:
+            refusal.path = self.request.path
         self.broken = True
         self._closing = True
         self.request = None
@@ -591,7 +602,7 @@ class HttpProtocol(asyncio.Protocol):
     def _answer_refusal(self, refusal: _Refusal) -> None:
         request = Request()
         request.keep_alive = False
-        Responder(self, request).send_answer(refusal.failure.answer())
+        Responder(self, request).send_answer(self.listener.answer(refusal.path, refusal.failure))
         self._linger()
 
     def _linger(self) -> None:
