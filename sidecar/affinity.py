@@ -23,6 +23,9 @@ log = logging.getLogger("sidecar")
 LIMIT = 100_000  # ids remembered in the process
 REDIS_TTL = 24 * 3600  # seconds an id is remembered on Redis
 QUIET = 1.0  # seconds without asking Redis after it failed (and one log line for it)
+# A lookup waits at most this long: a frozen Redis costs a continuation that much, once per
+# QUIET, and the request is then routed as any other.
+LOOKUP_TIMEOUT = 0.1
 # A response's id is its object's first field (OpenAI, vLLM, llama.cpp); a stream's first
 # event, response.created, carries the response.
 # Ids are opaque: LiteLLM's are some 500 characters of base64.
@@ -80,8 +83,9 @@ class Affinity:
         if self.link is None or time.monotonic() < self.down_until:
             return None
         try:
-            value = await self.link.command("GET", self.prefix + response)
-        except RedisDown as exc:
+            async with asyncio.timeout(LOOKUP_TIMEOUT):
+                value = await self.link.command("GET", self.prefix + response)
+        except (RedisDown, TimeoutError) as exc:
             self._down(exc)
             return None
         if value is None:
@@ -106,9 +110,10 @@ class Affinity:
         except RedisDown as exc:
             self._down(exc)
 
-    def _down(self, exc: RedisDown) -> None:
+    def _down(self, exc: Exception) -> None:
         if time.monotonic() >= self.down_until:
-            log.warning("response affinity: Redis is away (%s); ids known here only", exc)
+            why = str(exc) or f"no answer within {LOOKUP_TIMEOUT:g} s"
+            log.warning("response affinity: Redis is away (%s); ids known here only", why)
         self.down_until = time.monotonic() + QUIET
 
     async def close(self) -> None:
