@@ -215,7 +215,9 @@ class Attempts:
                 streaming = outcome.stream and status < 400
                 self.metrics.streams_in_flight += streaming
                 try:
-                    await pipe.relay(reply, exchange, named, translation, deployment.secrets)
+                    await pipe.relay(
+                        reply, exchange, named, translation, deployment.secrets, deployment.prices
+                    )
                     return
                 except errors.GatewayError as exc:
                     exc.headers = {**(exc.headers or {}), ATTEMPTS_HEADER: str(outcome.attempts)}
@@ -238,6 +240,8 @@ class Attempts:
                             head = b"".join(reply.tee.parts or ()) if reply.tee else b""
                             counted = (usage.input_tokens(head) or 0, counted[1])
                         if counted is not None:
+                            if deployment.prices is not None:
+                                outcome.cost = deployment.prices.cost(*counted)
                             self.metrics.usage(group.name, *counted)
                             router.used(deployment, sum(counted) - tokens)
                             outcome.tokens = sum(counted)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sidecar.origin import Origin
 from sidecar.routes import Endpoint
@@ -53,9 +53,19 @@ class Params:
     max_retries: int | None = None
     mock_response: str | None = None
     supports_system_message: bool | None = None
+    input_cost_per_token: float | str | None = None  # USD (LiteLLM's keys; YAML may give text)
+    output_cost_per_token: float | str | None = None
     extra_headers: Mapping[str, str] = field(default_factory=dict)
     defaults: Mapping[str, Any] = field(default_factory=dict)  # OpenAI request parameters
     extra_body: Mapping[str, Any] = field(default_factory=dict)  # sent as given, on every call
+
+
+class Prices(NamedTuple):
+    input: float  # USD per prompt token
+    output: float  # USD per completion token
+
+    def cost(self, prompt: int, completion: int) -> float:
+        return prompt * self.input + completion * self.output
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +95,7 @@ class Deployment:
     secrets: tuple[str, ...] = ()  # its keys as sent, never to be echoed in an error we write
     # The endpoints it may be chosen for: those it has a head for; a mock, chat and completions.
     endpoints: frozenset[Endpoint] = frozenset()
+    prices: Prices | None = None  # USD per input and per output token; None: no cost is told
 
     def head(self, endpoint: Endpoint, wildcard: str | None) -> bytes | None:
         """The request head for an endpoint, with what a pattern's '*' matched filled into the

@@ -32,6 +32,8 @@ _NOT_RELAYED = HOP_BY_HOP | _OURS
 DEPLOYMENT_HEADER = "x-sidecar-deployment"  # which deployment served
 ATTEMPTS_HEADER = "x-sidecar-attempts"  # how many upstream calls it took, retries included
 CACHE_HEADER = "x-sidecar-cache"  # hit, miss or bypass, when a response cache is configured
+COST_HEADER = "x-sidecar-cost"  # USD, from the reply's usage and the deployment's prices
+LITELLM_COST_HEADER = "x-litellm-response-cost"  # the same, under LiteLLM's name
 REQUEST_ID_HEADER = "x-request-id"  # the client's, or made here; sent upstream and returned
 
 # Streams must reach the client as they are written: no cache, and no buffering in an nginx-style

@@ -36,6 +36,7 @@ class Metrics:
         self.tokens: defaultdict[tuple[str, str], int] = defaultdict(int)  # (model, kind)
         self.shared: SharedView | None = None  # set when a Redis is configured
         self.cache: defaultdict[tuple[str, str], int] = defaultdict(int)  # (model, result)
+        self.spent: defaultdict[tuple[str, str], float] = defaultdict(float)  # (key, model)
 
     def usage(self, model: str, prompt: int, completion: int) -> None:
         self.tokens[(model, "prompt")] += prompt
@@ -43,6 +44,9 @@ class Metrics:
 
     def retry(self, model: str) -> None:
         self.retries[model] += 1
+
+    def spend(self, key: str, model: str, usd: float) -> None:
+        self.spent[(key, model)] += usd
 
     def cached(self, model: str, result: str) -> None:
         self.cache[(model, result)] += 1
@@ -104,6 +108,15 @@ class Metrics:
         lines += [
             f"sidecar_tokens_total{{{_labels(model=m, kind=k)}}} {n}"
             for (m, k), n in self.tokens.items()
+        ]
+        lines += [
+            "# HELP sidecar_spend_usd_total What replies cost (usage by the deployment's prices), "
+            "by key and model group.",
+            "# TYPE sidecar_spend_usd_total counter",
+        ]
+        lines += [
+            f"sidecar_spend_usd_total{{{_labels(key=k, model=m)}}} {usd:.12g}"
+            for (k, m), usd in self.spent.items()
         ]
         lines += [
             "# HELP sidecar_retries_total Upstream calls made again after a failure, by model group.",
@@ -204,6 +217,9 @@ class NoMetrics(Metrics):
         pass
 
     def retry(self, model: str) -> None:
+        pass
+
+    def spend(self, key: str, model: str, usd: float) -> None:
         pass
 
     def cached(self, model: str, result: str) -> None:

@@ -33,6 +33,7 @@ class Outcome:
     stream: bool = False
     started: float = 0.0  # time.perf_counter() when the request arrived
     cache: str | None = None  # hit, miss or bypass; None without a response cache
+    cost: float | None = None  # USD, when the deployment has prices and the reply a usage
 
     @classmethod
     def of(cls, request: Request, started: float) -> Outcome:
@@ -63,6 +64,8 @@ def record(
         metrics.duration.observe((name, outcome.model), duration)
     if outcome.cache is not None:
         metrics.cached(outcome.model, outcome.cache)
+    if outcome.cost is not None:
+        metrics.spend(outcome.key, outcome.model, outcome.cost)
     if not access_log.enabled:
         return
     ttfb = outcome.ttfb
@@ -84,4 +87,6 @@ def record(
     }
     if outcome.cache is not None:
         fields["cache"] = outcome.cache
+    if outcome.cost is not None:
+        fields["cost"] = outcome.cost
     access_log.record(fields)

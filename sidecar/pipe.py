@@ -12,8 +12,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from sidecar import errors, sse
-from sidecar.headers import DEPLOYMENT_HEADER, STREAM_HEADERS, has, reply_headers
+from sidecar import errors, sse, usage
+from sidecar.deployment import Prices
+from sidecar.headers import (
+    COST_HEADER,
+    DEPLOYMENT_HEADER,
+    LITELLM_COST_HEADER,
+    STREAM_HEADERS,
+    has,
+    reply_headers,
+)
 from sidecar.http.message import Responder
 from sidecar.origin import UpstreamError
 from sidecar.providers.translate import TextToChat, TextToChatStream
@@ -28,6 +36,7 @@ async def relay(
     named: dict[str, str],
     translation: TextToChat | None = None,
     secrets: tuple[str, ...] = (),
+    prices: Prices | None = None,
 ) -> None:
     """Send the upstream's reply to the client, through `translation` when there is one (error
     replies never are), with our `named` headers added. Ends `exchange` in every case."""
@@ -56,6 +65,11 @@ async def relay(
                 raise errors.upstream_failure(exc, deployment_id) from None
             if translation is not None:
                 body = translation.reply(body)
+            if prices is not None and (counted := usage.tokens(body)) is not None:
+                # A whole reply is read before its head goes: its cost can go in the head.
+                told = f"{prices.cost(*counted):.10g}"
+                headers = [h for h in headers if h[0].lower() not in _COST_HEADERS]
+                headers += [(COST_HEADER, told), (LITELLM_COST_HEADER, told)]
             reply.send(exchange.status, headers, body, reason)
             return
         if is_sse:
@@ -139,6 +153,9 @@ async def _translate(
             return
         await reply.write(chunk)
         done = chunk.endswith(DONE_EVENTS)
+
+
+_COST_HEADERS = (COST_HEADER, LITELLM_COST_HEADER)  # an upstream's own (a LiteLLM's) give way
 
 
 async def read_error(exchange: Exchange, deployment_id: str) -> bytes:

@@ -10,7 +10,7 @@ import orjson
 from sidecar import providers
 from sidecar.config.router_settings import RouterSettings
 from sidecar.config.values import is_token, mapping, resolve, seconds, secret
-from sidecar.deployment import ConfigError, Deployment, Params
+from sidecar.deployment import ConfigError, Deployment, Params, Prices
 from sidecar.params import REQUEST_PARAMS
 from sidecar.routes import MODEL_ENDPOINTS, ROUTES, Endpoint
 
@@ -73,6 +73,7 @@ def deployment_of(
         entry_id = f"{params.provider}/{params.model}#{index}"
     elif not isinstance(entry_id, str | int) or isinstance(entry_id, bool):
         raise ConfigError(f"{where}.model_info.id", "must be a string")
+    prices = _prices(params, info, where)
     deployment = providers.build(
         str(entry_id),
         group,
@@ -84,11 +85,38 @@ def deployment_of(
         _supported(
             info.get("supported_endpoints"), f"{where}.model_info.supported_endpoints", warnings
         ),
+        prices,
     )
     unusual = providers.api_base_warning(deployment)
     if unusual is not None:
         warnings.append(f"{where}.litellm_params.api_base: {unusual}")
     return deployment
+
+
+def _prices(params: Params, info: Mapping[str, Any], where: str) -> Prices | None:
+    """LiteLLM's input_cost_per_token and output_cost_per_token (USD), in litellm_params or
+    model_info (litellm_params first); None when neither is given."""
+    found: dict[str, float] = {}
+    for name in PRICE_KEYS:
+        value = getattr(params, name)
+        at = f"{where}.litellm_params.{name}"
+        if value is None and name in info:
+            value, at = info[name], f"{where}.model_info.{name}"
+        if value is None:
+            continue
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(at, "must be a number of USD per token") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(at, "must be a number of USD per token")
+        if not 0 <= value < 1 or value != value:
+            raise ConfigError(at, "must be at least 0 and under 1 USD per token")
+        found[name] = float(value)
+    if not found:
+        return None
+    return Prices(found.get("input_cost_per_token", 0.0), found.get("output_cost_per_token", 0.0))
 
 
 def _supported(raw: Any, where: str, warnings: list[str]) -> frozenset[Endpoint] | None:
@@ -132,7 +160,11 @@ _PARAM_TYPES: dict[str, tuple[type, ...]] = {
     "supports_system_message": (bool,),
     "extra_headers": (dict,),
     "extra_body": (dict,),
+    # Numbers; or text, as YAML reads 2e-06 (no dot), which LiteLLM's tables often hold.
+    "input_cost_per_token": (int, float, str),
+    "output_cost_per_token": (int, float, str),
 }
+PRICE_KEYS = ("input_cost_per_token", "output_cost_per_token")
 
 
 def _params(raw: Any, where: str, env: Mapping[str, str], warnings: list[str]) -> Params:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from sidecar.deployment import WILDCARD_IN_PATH, ConfigError, Deployment, Params
+from sidecar.deployment import WILDCARD_IN_PATH, ConfigError, Deployment, Params, Prices
 from sidecar.headers import request_head
 from sidecar.origin import Origin
 from sidecar.params import BY_ENDPOINT
@@ -63,6 +63,7 @@ def build(
     where: str,
     default_stream_timeout: float | None = None,
     supported: frozenset[Endpoint] | None = None,
+    prices: Prices | None = None,
 ) -> Deployment:
     """Validated params -> a Deployment, or ConfigError naming the key at fault. `supported`:
     model_info.supported_endpoints, the endpoints it may be chosen for (None: all it serves)."""
@@ -140,6 +141,7 @@ def build(
         weight=params.weight,
         max_retries=params.max_retries,
         endpoints=MOCK_ENDPOINTS if params.mock_response is not None else frozenset(heads),
+        prices=prices,
     )
 
 
