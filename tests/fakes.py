@@ -134,6 +134,23 @@ def dies_after(first: bytes) -> Script:
     return script
 
 
+def held_after_first(events: list[bytes], release: asyncio.Event, limit: float) -> Script:
+    """A stream that sends its first event, then the rest only once `release` is set (by a
+    client that has the first): a gateway that buffers the stream deadlocks it."""
+
+    async def script(request: web.Request, got: Received) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(events[0])
+        await asyncio.wait_for(release.wait(), limit)
+        for event in events[1:]:
+            await response.write(event)
+        await response.write_eof()
+        return response
+
+    return script
+
+
 def answers_after(seconds: float, reply: dict[str, Any] | None = None) -> Script:
     """A script that keeps each call waiting `seconds`, then answers 200 with `reply` (a bare
     chat.completion object by default): a slow upstream."""

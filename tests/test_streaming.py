@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import MakeSidecar
-from tests.fakes import FakeUpstream, Received, chat_chunks, dies_after, sse
+from tests.fakes import FakeUpstream, Received, chat_chunks, dies_after, held_after_first, sse
 from tests.test_gateway import vllm
 
 STREAM = {"model": "mistral", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -73,19 +73,9 @@ async def test_first_chunk_arrives_before_the_upstream_finishes(
     client_saw_first = asyncio.Event()
     events = chat_chunks("m", ["one", "two"])
 
-    async def held(request: web.Request, got: Received) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await response.write(events[0])
-        # The rest is sent only once the client has the first chunk: a buffering proxy would
-        # deadlock here and the wait below would time out.
-        await asyncio.wait_for(client_saw_first.wait(), LIMIT)
-        for event in events[1:]:
-            await response.write(event)
-        await response.write_eof()
-        return response
-
-    upstream.scripts["/v1/chat/completions"] = held
+    # The rest is sent only once the client has the first chunk: a buffering proxy would
+    # deadlock here and the wait below would time out.
+    upstream.scripts["/v1/chat/completions"] = held_after_first(events, client_saw_first, LIMIT)
     sidecar = await make_sidecar(vllm(upstream))
     async with http.post(sidecar.url + "/v1/chat/completions", json=STREAM) as r:
         first = await asyncio.wait_for(r.content.readuntil(b"\n\n"), LIMIT)

@@ -16,7 +16,14 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import MakeSidecar, Sidecar
-from tests.fakes import FakeUpstream, Received, message_events, named_event, sse
+from tests.fakes import (
+    FakeUpstream,
+    Received,
+    held_after_first,
+    message_events,
+    named_event,
+    sse,
+)
 from tests.redis_server import RedisServer
 
 KEY = "sk-surface-test-key"
@@ -71,18 +78,7 @@ async def test_streamed_responses_event_by_event(
         ),
     ]
 
-    async def held(request: web.Request, got: Received) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await response.write(first)
-        # The rest only once the client has the first event: a buffering gateway deadlocks.
-        await asyncio.wait_for(client_saw_first.wait(), LIMIT)
-        for event in rest:
-            await response.write(event)
-        await response.write_eof()
-        return response
-
-    upstream.scripts["/v1/responses"] = held
+    upstream.scripts["/v1/responses"] = held_after_first([first, *rest], client_saw_first, LIMIT)
     sidecar = await make_sidecar(table(upstream))
     async with (
         aiohttp.ClientSession() as http,
@@ -219,17 +215,7 @@ async def test_streamed_messages_event_by_event(
     events = message_events("served-0", ["one", "two"])
     client_saw_first = asyncio.Event()
 
-    async def held(request: web.Request, got: Received) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await response.write(events[0])
-        await asyncio.wait_for(client_saw_first.wait(), LIMIT)
-        for event in events[1:]:
-            await response.write(event)
-        await response.write_eof()
-        return response
-
-    upstream.scripts["/v1/messages"] = held
+    upstream.scripts["/v1/messages"] = held_after_first(events, client_saw_first, LIMIT)
     sidecar = await make_sidecar(table(upstream))
     async with (
         aiohttp.ClientSession() as http,
