@@ -40,6 +40,7 @@ class FirstPart(Tee):
     comment, or its first event come in pieces)."""
 
     __slots__ = ()
+    whole = False
 
     def __init__(self) -> None:
         super().__init__(HEAD)

@@ -216,7 +216,12 @@ class Attempts:
                 self.metrics.streams_in_flight += streaming
                 try:
                     await pipe.relay(
-                        reply, exchange, named, translation, deployment.secrets, deployment.prices
+                        reply,
+                        exchange,
+                        named,
+                        translation,
+                        deployment.secrets,
+                        None if endpoint in UNSPENT_ENDPOINTS else deployment.prices,
                     )
                     return
                 except errors.GatewayError as exc:

@@ -14,10 +14,9 @@ from typing import NamedTuple
 from sidecar import errors
 
 MAX_FIELD = 64 * 1024  # bytes: a longer part without a filename is passed on, not read
-_BOUNDARY = re.compile(
-    r'(?:^|;)\s*boundary\s*=\s*(?:"([^"]{1,70})"|([^\s;"]{1,70}))\s*(?:;|$)', re.I
-)
-# One parameter of a Content-Disposition (RFC 6266): a token, or a quoted string with escapes.
+# RFC 2046 5.1.1: a boundary's characters, 1 to 70 of them, not ending with a space.
+_BOUNDARY = re.compile(rb"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+# One parameter of a header value (RFC 9110 5.6.6): a token, or a quoted string with escapes.
 _PARAM = re.compile(
     rb'\s*;\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;"]*))'
 )
@@ -46,13 +45,13 @@ def parse(body: bytes, content_type: str | None) -> Form:
             code="invalid_content_type",
         )
     assert content_type is not None
-    found = _BOUNDARY.search(content_type.split(";", 1)[1] if ";" in content_type else "")
-    if found is None:
+    params = _params(
+        content_type.encode("latin-1", "replace").partition(b";")[2], "its Content-Type"
+    )
+    boundary = params.get(b"boundary")
+    if boundary is None or _BOUNDARY.fullmatch(boundary) is None:
         raise _malformed("its Content-Type names no boundary of 1 to 70 characters")
-    try:
-        delimiter = b"--" + (found.group(1) or found.group(2)).encode("ascii")
-    except UnicodeEncodeError:
-        raise _malformed("its boundary is not ASCII") from None
+    delimiter = b"--" + boundary
     if body.startswith(delimiter + b"\r\n"):
         at = 0
     else:
@@ -113,25 +112,32 @@ def _disposition(head: bytes) -> tuple[str | None, bool]:
         kind, _, rest = value.strip().partition(b";")
         if kind.strip().lower() != b"form-data":
             raise _malformed("a part is not form-data")
-        params: dict[bytes, bytes] = {}
-        at = 0
-        rest = b";" + rest
-        while at < len(rest.rstrip()):
-            matched = _PARAM.match(rest, at)
-            if matched is None:
-                raise _malformed("a part's Content-Disposition does not parse")
-            key = matched.group(1).lower()
-            if key in params:
-                raise _malformed(f"a part's Content-Disposition names '{key.decode()}' twice")
-            quoted = matched.group(2)
-            params[key] = (
-                re.sub(rb"\\(.)", rb"\1", quoted) if quoted is not None else matched.group(3)
-            )
-            at = matched.end()
+        params = _params(rest, "a part's Content-Disposition")
         name = params.get(b"name")
         is_file = b"filename" in params or b"filename*" in params
         found = (None if name is None else name.decode("utf-8", "replace"), is_file)
     return found if found is not None else (None, False)
+
+
+def _params(text: bytes, where: str) -> dict[bytes, bytes]:
+    """The `; key=value` parameters of a header value, read the one way every parser reads
+    them, or a 400: a key named twice, or in RFC 2231's extended form (`name*=utf-8''model`,
+    `name*0`), could be read otherwise by the upstream than by us; only `filename*` is
+    allowed, as it marks a file either way."""
+    params: dict[bytes, bytes] = {}
+    text = b";" + text
+    at = 0
+    while at < len(text.rstrip()):
+        matched = _PARAM.match(text, at)
+        if matched is None:
+            raise _malformed(f"{where} does not parse")
+        key = matched.group(1).lower()
+        if key in params or (b"*" in key and key != b"filename*"):
+            raise _malformed(f"{where} names '{key.decode()}' twice or in an extended form")
+        quoted = matched.group(2)
+        params[key] = re.sub(rb"\\(.)", rb"\1", quoted) if quoted is not None else matched.group(3)
+        at = matched.end()
+    return params
 
 
 def _malformed(why: str) -> errors.GatewayError:

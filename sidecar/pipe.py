@@ -45,7 +45,7 @@ async def relay(
     tee = reply.tee
     if tee is not None:  # the response cache keeps the reply as the client gets it
         tee.content_type = content_type
-        if not exchange.keepable:
+        if tee.whole and not exchange.keepable:
             tee.parts = None
     deployment_id = named[DEPLOYMENT_HEADER]
     try:
@@ -58,7 +58,12 @@ async def relay(
             reply.send(exchange.status, fields, body, reason)
             return
         is_sse = content_type.startswith("text/event-stream")
-        if not is_sse and (exchange.length is not None or translation is not None):
+        if not is_sse and (
+            exchange.length is not None
+            or translation is not None
+            # A chunked JSON reply is read whole too when its cost is to go in the head.
+            or (prices is not None and content_type.startswith("application/json"))
+        ):
             try:
                 body = await exchange.read_all()
             except UpstreamError as exc:

@@ -123,3 +123,68 @@ model_list:
 """)
     assert "model_list[0].litellm_params.input_cost_per_token" in str(raised.value)
     assert why in str(raised.value)
+
+
+async def test_counting_tokens_costs_nothing(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    """count_tokens, tokenize and detokenize answer with token counts no model generated."""
+    sidecar = await make_sidecar(table(upstream, "litellm_params"))
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"}) as http:
+        for path, body in [
+            (
+                "/v1/messages/count_tokens",
+                {"model": "priced", "messages": [{"role": "user", "content": "hi"}]},
+            ),
+            ("/tokenize", {"model": "priced", "prompt": "hi"}),
+        ]:
+            async with http.post(sidecar.url + path, json=body) as r:
+                assert r.status == 200, await r.text()
+                assert "x-sidecar-cost" not in r.headers
+                assert "x-litellm-response-cost" not in r.headers
+        async with http.get(sidecar.url + "/metrics") as r:
+            assert "sidecar_spend_usd_total{" not in await r.text()
+
+
+async def test_a_chunked_whole_reply_says_what_it_cost(make_sidecar: MakeSidecar) -> None:
+    """A JSON reply sent without a Content-Length (chunked) is still a whole reply."""
+    from aiohttp import web
+
+    from tests.fakes import Received
+
+    upstream = await FakeUpstream().start()
+    body = json.dumps(
+        {
+            "object": "chat.completion",
+            "choices": [],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3},
+        }
+    ).encode()
+
+    async def chunked(request: web.Request, got: Received) -> web.StreamResponse:
+        reply = web.StreamResponse(
+            headers={"Content-Type": "application/json", "x-litellm-response-cost": "99"}
+        )
+        reply.enable_chunked_encoding()
+        await reply.prepare(request)
+        for at in range(0, len(body), 16):
+            await reply.write(body[at : at + 16])
+        await reply.write_eof()
+        return reply
+
+    upstream.scripts["/v1/chat/completions"] = chunked
+    try:
+        sidecar = await make_sidecar(table(upstream, "model_info"))
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                sidecar.url + "/v1/chat/completions",
+                json={"model": "priced", "messages": []},
+                headers={"Authorization": f"Bearer {KEY}"},
+            ) as r,
+        ):
+            assert await r.read() == body
+            assert r.headers.getall("x-sidecar-cost") == [f"{CHAT_COST:.10g}"]
+            assert r.headers.getall("x-litellm-response-cost") == [f"{CHAT_COST:.10g}"]
+    finally:
+        await upstream.stop()

@@ -5,6 +5,8 @@ the client got and for what the upstream received."""
 from __future__ import annotations
 
 import asyncio
+import email.parser
+import email.policy
 import hashlib
 import os
 import warnings
@@ -18,6 +20,7 @@ from aiohttp import web
 from tests.conftest import MakeSidecar, Sidecar
 from tests.fakes import (
     FakeUpstream,
+    RawUpstream,
     Received,
     held_after_first,
     message_events,
@@ -402,6 +405,18 @@ _FILE = b'Content-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nA
         _form(b"\r\nheaderless", _MODEL + b"gpt-4o", _MODEL + b"m", _FILE),
         _form(b'Content-Disposition: form-data; name="model"; name="other"\r\n\r\nm', _FILE),
         _form(b'Content-Disposition : form-data; name="model"\r\n\r\nm', _FILE),
+        # RFC 2231 names, which the standard library's parser reads as "model": a second model
+        # our reading would not see.
+        _form(
+            _MODEL + b"m",
+            b"Content-Disposition: form-data; name*=utf-8''model\r\n\r\ngpt-4o",
+            _FILE,
+        ),
+        _form(
+            _MODEL + b"m",
+            b'Content-Disposition: form-data; name*0="mod"; name*1="el"\r\n\r\ngpt-4o',
+            _FILE,
+        ),
     ],
 )
 async def test_an_ambiguous_form_is_refused(
@@ -422,6 +437,97 @@ async def test_an_ambiguous_form_is_refused(
         assert r.status == 400, await r.text()
         assert (await r.json())["error"]["code"] == "invalid_form"
     assert not upstream.received
+
+
+def _stdlib_model(content_type: str, body: bytes) -> list[str]:
+    """The model values the standard library's MIME parser finds: what a Python upstream reads."""
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+    )
+    return [
+        part.get_payload(decode=True).decode()
+        for part in message.iter_parts()
+        if part.get_param("name", header="content-disposition") == "model"
+    ]
+
+
+def test_the_extended_names_refused_are_read_as_model_by_others() -> None:
+    """The refusals above are not hypothetical: Python's own parser reads both as a second model."""
+    for name in (b"name*=utf-8''model", b'name*0="mod"; name*1="el"'):
+        body = _form(_MODEL + b"m", b"Content-Disposition: form-data; " + name + b"\r\n\r\ngpt-4o")
+        assert _stdlib_model("multipart/form-data; boundary=x", body) == ["m", "gpt-4o"]
+
+
+# Two boundaries a reader could take: the form is split one way by us and another upstream.
+_TWO_FORMS = (
+    b'--y\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-4o\r\n--y--\r\n'
+    + _form(_MODEL + b"m", _FILE)
+)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "multipart/form-data; boundary=x; boundary=y",
+        "multipart/form-data; boundary=y; boundary=x",
+        "multipart/form-data; boundary*=utf-8''x",
+        "multipart/form-data; boundary=" + "x" * 71,
+        'multipart/form-data; boundary="x "',
+    ],
+)
+async def test_an_ambiguous_boundary_is_refused(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, content_type: str
+) -> None:
+    sidecar = await make_sidecar(table(upstream))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            sidecar.url + "/v1/audio/transcriptions",
+            data=_TWO_FORMS,
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": content_type},
+        ) as r,
+    ):
+        assert r.status == 400, await r.text()
+        assert (await r.json())["error"]["code"] == "invalid_form"
+    assert not upstream.received
+
+
+async def test_a_boundary_in_a_quoted_value_is_not_the_boundary(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    """Read as the standard library reads it: the form split by "y" asks for gpt-4o."""
+    content_type = 'multipart/form-data; a="; boundary=x"; boundary=y'
+    assert _stdlib_model(content_type, _TWO_FORMS) == ["gpt-4o"]
+    sidecar = await make_sidecar(table(upstream))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            sidecar.url + "/v1/audio/transcriptions",
+            data=_TWO_FORMS,
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": content_type},
+        ) as r,
+    ):
+        assert r.status == 404, await r.text()
+        assert "'gpt-4o'" in (await r.json())["error"]["message"]
+    assert not upstream.received
+
+
+async def test_a_quoted_boundary_and_other_parameters_are_read(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    sidecar = await make_sidecar(table(upstream))
+    content_type = 'multipart/form-data; charset="utf-8"; boundary="x"'
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            sidecar.url + "/v1/audio/transcriptions",
+            data=_form(_MODEL + b"m", _FILE),
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": content_type},
+        ) as r,
+    ):
+        assert r.status == 200, await r.text()
+    (received,) = calls(upstream, "/v1/audio/transcriptions")
+    assert _stdlib_model(content_type, received.body) == ["served-0"]
 
 
 async def test_a_non_ascii_boundary_is_a_400_not_a_crash(
@@ -729,6 +835,29 @@ async def test_a_streamed_messages_usage_is_counted(
         metrics = await r.text()
     assert 'sidecar_tokens_total{model="m",kind="prompt"} 5' in metrics
     assert 'sidecar_tokens_total{model="m",kind="completion"} 3' in metrics
+
+
+async def test_a_close_delimited_messages_stream_is_counted(make_sidecar: MakeSidecar) -> None:
+    """A stream whose end is the connection's (no chunking) cannot be cached, but its first
+    event, which holds the input tokens, is still read."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+    events = message_events("served-0", ["a", "b"])
+    upstream = await RawUpstream(pieces=[head, *events], pause=0.02).start()
+    try:
+        sidecar = await make_sidecar(table(upstream))  # type: ignore[arg-type]
+        async with (
+            claude(sidecar) as client,
+            client.messages.stream(
+                model="m", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+            ) as stream,
+        ):
+            assert "".join([t async for t in stream.text_stream]) == "ab"
+        async with aiohttp.ClientSession() as http, http.get(sidecar.url + "/metrics") as r:
+            metrics = await r.text()
+        assert 'sidecar_tokens_total{model="m",kind="prompt"} 5' in metrics
+        assert 'sidecar_tokens_total{model="m",kind="completion"} 3' in metrics
+    finally:
+        await upstream.stop()
 
 
 async def test_a_litellm_table_listing_paths_we_do_not_route_loads(

@@ -122,6 +122,9 @@ class Tee:
     (then `parts` is None)."""
 
     __slots__ = ("content_type", "limit", "parts", "size")
+    # A copy of the whole body (the cache's), which a reply that cannot be kept as it came
+    # (close-delimited, compressed) gives up; a tee of the first bytes only does not.
+    whole = True
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
