@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, cast
 
-from sidecar import errors, mock, outbound, pipe, requestid, usage
+from sidecar import errors, mock, outbound, pipe, requestid, stream_usage, usage
 from sidecar import request as requests
 from sidecar.affinity import Affinity, FirstPart, response_id
 from sidecar.deployment import Deployment
@@ -96,6 +96,7 @@ class Attempts:
             # a response's id must be read): it is asked for uncompressed, and sent so.
             encoding = IDENTITY
         outcome.stream = body.get("stream") is True
+        ask_usage = stream_usage.to_ask(endpoint, body)
         last: Failure | None = None
         retry_at: dict[str, float] = {}  # deployment -> when its Retry-After ends
         for position, link in enumerate(chain):
@@ -157,8 +158,15 @@ class Attempts:
                     upstream_id = requestid.make()
                 outcome.upstream_ids.append(upstream_id)
                 taken = accept + b"X-Request-Id: %s\r\n" % upstream_id.encode()
+                strip = ask_usage and deployment.stream_usage
                 data, translation = outbound.build(
-                    deployment, endpoint, body, link.wildcard, taken, encoding, form
+                    deployment,
+                    endpoint,
+                    stream_usage.asking(body) if strip else body,
+                    link.wildcard,
+                    taken,
+                    encoding,
+                    form,
                 )
                 if form is None:
                     # Per attempt: a deployment's own translation may keep what another dropped.
@@ -222,6 +230,7 @@ class Attempts:
                         translation,
                         deployment.secrets,
                         None if endpoint in UNSPENT_ENDPOINTS else deployment.prices,
+                        strip,
                     )
                     return
                 except errors.GatewayError as exc:

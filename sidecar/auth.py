@@ -36,6 +36,8 @@ class ClientKey:
     rpm: int | None = None  # requests a minute; None: no limit
     tpm: int | None = None  # tokens a minute; None: no limit
     names: tuple[str, ...] = ()  # the patterns `models` was made from, for display
+    max_budget: float | None = None  # USD it may spend in a period; None: no budget
+    budget_duration: float | None = None  # seconds a period lasts; None: one, for ever
 
     def allows(self, model: str) -> bool:
         return self.models is None or self.models.fullmatch(model) is not None

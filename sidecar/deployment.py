@@ -96,6 +96,8 @@ class Deployment:
     # The endpoints it may be chosen for: those it has a head for; a mock, chat and completions.
     endpoints: frozenset[Endpoint] = frozenset()
     prices: Prices | None = None  # USD per input and per output token; None: no cost is told
+    # Takes stream_options.include_usage: asked for it when a client streams without it.
+    stream_usage: bool = True
 
     def head(self, endpoint: Endpoint, wildcard: str | None) -> bytes | None:
         """The request head for an endpoint, with what a pattern's '*' matched filled into the

@@ -129,6 +129,18 @@ def rate_limited(key: str, what: str, retry_after: float) -> GatewayError:
     )
 
 
+def budget_exceeded(key: str, spent: float, budget: float, resets_in: float | None) -> GatewayError:
+    """The key spent its max_budget: refused until its period resets (never, without one)."""
+    when = "" if resets_in is None else f"; it resets in {max(1, math.ceil(resets_in))}s"
+    return GatewayError(
+        429,
+        f"The key '{key}' has spent {spent:.6g} USD of its budget of {budget:.6g} USD{when}.",
+        RATE_LIMIT,
+        "budget_exceeded",
+        headers=None if resets_in is None else {"Retry-After": str(max(1, math.ceil(resets_in)))},
+    )
+
+
 def shared_state_down() -> GatewayError:
     """on_redis_down: deny, while Redis is away: a shared limit cannot be counted."""
     return GatewayError(

@@ -20,6 +20,12 @@ class SharedView(Protocol):
     def gauges(self) -> tuple[bool, float | None, int]: ...  # up, sync age, live instances
 
 
+class BudgetView(Protocol):
+    """What /metrics shows of the keys' budgets (budgets.Budgets)."""
+
+    def spent(self) -> list[tuple[str, float, float]]: ...  # key, spent in its period, budget
+
+
 class Metrics:
     enabled = True
 
@@ -35,6 +41,7 @@ class Metrics:
         self.ttfb = Histogram()  # by deployment
         self.tokens: defaultdict[tuple[str, str], int] = defaultdict(int)  # (model, kind)
         self.shared: SharedView | None = None  # set when a Redis is configured
+        self.budgets: BudgetView | None = None  # set by the gateway
         self.cache: defaultdict[tuple[str, str], int] = defaultdict(int)  # (model, result)
         self.spent: defaultdict[tuple[str, str], float] = defaultdict(float)  # (key, model)
 
@@ -149,6 +156,16 @@ class Metrics:
             lines += [
                 f"sidecar_cache_requests_total{{{_labels(model=m, result=r)}}} {n}"
                 for (m, r), n in self.cache.items()
+            ]
+        budgets = self.budgets.spent() if self.budgets is not None else []
+        if budgets:
+            lines += [
+                "# HELP sidecar_budget_spent_usd What each key with a max_budget has spent in its current budget period.",
+                "# TYPE sidecar_budget_spent_usd gauge",
+                *(f"sidecar_budget_spent_usd{{{_labels(key=k)}}} {s:.12g}" for k, s, _ in budgets),
+                "# HELP sidecar_budget_max_usd Each key's max_budget.",
+                "# TYPE sidecar_budget_max_usd gauge",
+                *(f"sidecar_budget_max_usd{{{_labels(key=k)}}} {b:.12g}" for k, _, b in budgets),
             ]
         if self.shared is not None:
             lines += _shared(self.shared)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from sidecar import errors, sse, usage
+from sidecar import errors, sse, stream_usage, usage
 from sidecar.deployment import Prices
 from sidecar.headers import (
     COST_HEADER,
@@ -37,9 +37,11 @@ async def relay(
     translation: TextToChat | None = None,
     secrets: tuple[str, ...] = (),
     prices: Prices | None = None,
+    strip_usage: bool = False,
 ) -> None:
     """Send the upstream's reply to the client, through `translation` when there is one (error
-    replies never are), with our `named` headers added. Ends `exchange` in every case."""
+    replies never are), with our `named` headers added; a stream without the usage chunk the
+    sidecar asked for when `strip_usage`. Ends `exchange` in every case."""
     headers, content_type = reply_headers(exchange.headers, named, secrets)
     reason = redact_text(exchange.reason, secrets)
     tee = reply.tee
@@ -85,9 +87,10 @@ async def relay(
                     headers.append((name, value))
         reply.start(exchange.status, headers, reason)
         if translation is not None and is_sse:
-            await _translate(reply, exchange, _Translated(translation.stream()), deployment_id)
+            events = _Translated(translation.stream(), strip_usage)
+            await _translate(reply, exchange, events, deployment_id)
         else:
-            await _pipe(reply, exchange, is_sse)
+            await _pipe(reply, exchange, is_sse, strip_usage and is_sse)
         error = exchange.error
         if error is not None and not reply.started:
             # Broken before a byte reached the client (the head waits for the first bytes):
@@ -100,10 +103,10 @@ async def relay(
             exchange.close()  # a no-op for a reply read to its end
 
 
-async def _pipe(reply: Responder, exchange: Exchange, is_sse: bool) -> None:
+async def _pipe(reply: Responder, exchange: Exchange, is_sse: bool, strip_usage: bool) -> None:
     """A stream relayed from the upstream's data callback straight to the client's socket:
     no task step per event. This coroutine only waits for the end, and for a slow client."""
-    exchange.pipe(reply.pipe)
+    exchange.pipe(stream_usage.Strip(reply.pipe) if strip_usage else reply.pipe)
     while True:
         try:
             settled = exchange.settled()
@@ -217,14 +220,16 @@ def _finish_later(exchange: Exchange) -> None:
 class _Translated:
     """Upstream SSE bytes in, translated SSE bytes out, whatever the reads' boundaries."""
 
-    __slots__ = ("parser", "stream")
+    __slots__ = ("parser", "stream", "strip_usage")
 
-    def __init__(self, stream: TextToChatStream) -> None:
+    def __init__(self, stream: TextToChatStream, strip_usage: bool) -> None:
         self.parser = sse.Parser()
         self.stream = stream
+        self.strip_usage = strip_usage
 
     def feed(self, chunk: bytes) -> bytes:
-        return b"".join(sse.encode(self.stream.event(data)) for data in self.parser.feed(chunk))
+        out = b"".join(sse.encode(self.stream.event(data)) for data in self.parser.feed(chunk))
+        return stream_usage.without_usage(out) if self.strip_usage else out
 
 
 async def send_events(reply: Responder, events: Iterable[bytes], headers: dict[str, str]) -> None:

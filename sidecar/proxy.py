@@ -16,6 +16,7 @@ from sidecar import auth, errors, forms
 from sidecar import request as requests
 from sidecar.accesslog import AccessLog
 from sidecar.attempts import Attempts
+from sidecar.budgets import Budgets
 from sidecar.cache.cache import Cache
 from sidecar.config import Config
 from sidecar.headers import REQUEST_ID_HEADER
@@ -68,6 +69,8 @@ class Gateway:
         self.draining = False
         self.router = Router(config.router)
         self.limits = KeyLimits()
+        self.budgets = Budgets()
+        metrics.budgets = self.budgets
         self.router.shared = self.limits.shared = shared
         self.sync: Sync | None = None  # shared state's sync, once started (server.start)
         self.cache: Cache | None = None  # the response cache, when configured (server.start)
@@ -81,6 +84,7 @@ class Gateway:
             self.pool.tls_context()  # now, rather than on the first request
         self.router.settings = config.router  # what it learnt of each deployment stays
         self.state = State.of(config)
+        self.budgets.watch(config.keys)
         if self.limits.shared is not None:
             self._share(config)
 
@@ -234,6 +238,8 @@ class Gateway:
             raise errors.model_not_allowed(model, key.name)
         if endpoint not in found.group.serves:
             raise errors.unsupported_endpoint(model, request.path)
+        if key.max_budget is not None:
+            self.budgets.check(key)
         outcome.model = found.group.name
         busy = state.config.server.max_in_flight
         if busy and self.metrics.in_flight > busy:
@@ -270,6 +276,8 @@ class Gateway:
             )
         finally:
             self.limits.used(key, outcome.tokens - estimate)
+            if outcome.cost is not None and key.max_budget is not None:
+                self.budgets.spend(key, outcome.cost)
         if use is not None and cache is not None:
             cache.kept(use, reply)
 

@@ -131,6 +131,7 @@ async def _share(gateway: Gateway, ledger: Ledger) -> None:
     sync = Sync(ledger, Link(ledger.settings), lambda: gateway.watched, gateway.router.cool)
     gateway.router.on_cooldown = sync.publish
     gateway.sync = gateway.attempts.sync = sync
+    sync.budgets = gateway.budgets
     # Which deployment made each Responses API response, for every replica to know.
     gateway.attempts.affinity = Affinity(
         Link(ledger.settings, AFFINITY_CONNECTIONS), ledger.settings.namespace

@@ -187,6 +187,14 @@ def chat_chunks(model: str, words: list[str]) -> list[bytes]:
     return [b"data: " + orjson.dumps(e) + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
 
 
+def usage_chunk(model: str, prompt: int, completion: int) -> bytes:
+    """The chunk include_usage adds before [DONE]: no choices, the stream's usage."""
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+    chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0}
+    chunk |= {"model": model, "choices": [], "usage": usage | {"total_tokens": prompt + completion}}
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
 async def sse(request: web.Request, events: list[bytes], pause: float = 0.0) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
@@ -202,7 +210,10 @@ async def chat(request: web.Request, got: Received) -> web.StreamResponse:
     body = got.json()
     model = body["model"] + REPORTED_SUFFIX
     if body.get("stream"):
-        return await sse(request, chat_chunks(model, ["Hello", " from", " upstream"]))
+        events = chat_chunks(model, ["Hello", " from", " upstream"])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.insert(-1, usage_chunk(model, 5, 3))
+        return await sse(request, events)
     return web.json_response(
         {
             "id": "chatcmpl-fake",

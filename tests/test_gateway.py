@@ -105,6 +105,7 @@ model_list:
         "model": "gpt-3.5-turbo-instruct",
         "prompt": "Once",
         "stream": True,
+        "stream_options": {"include_usage": True},  # asked so the stream is counted
     }
 
 

@@ -75,6 +75,9 @@ async def test_streamed_chat(sidecar: Sidecar, direct: openai.AsyncOpenAI) -> No
     through = await deltas(sidecar.openai(), "gateway")
     assert len(through) > 2 and "".join(filter(None, through)) == MOCK
     assert through == await deltas(direct, "mock")
+    # The sidecar asked LiteLLM for the usage (its chunk has one empty choice) and took it out.
+    async with aiohttp.ClientSession() as http, http.get(sidecar.url + "/metrics") as r:
+        assert 'sidecar_tokens_total{model="gateway",kind="completion"} ' in await r.text()
 
 
 async def test_text_completion(sidecar: Sidecar, direct: openai.AsyncOpenAI) -> None:

@@ -102,11 +102,18 @@ async def test_streamed_chat_chunk_by_chunk(sidecar: Sidecar, direct: openai.Asy
         stream = await client.chat.completions.create(
             model="tiny", messages=CHAT, stream=True, **SAME
         )
-        return [chunk.choices[0].delta.content async for chunk in stream if chunk.choices]
+        chunks = [chunk async for chunk in stream]
+        # The client asked for no usage: none reaches it, though the sidecar asked for one.
+        assert all(chunk.choices and chunk.usage is None for chunk in chunks)
+        return [chunk.choices[0].delta.content for chunk in chunks]
 
     through, straight = await deltas(sidecar.openai()), await deltas(direct)
     assert len(through) > 3 and "".join(filter(None, through))
     assert through == straight
+    # llama-cpp-python's server takes stream_options but sends no usage even when asked: such
+    # a stream cannot be counted (the README says so), and nothing is made up for it.
+    async with aiohttp.ClientSession() as http, http.get(sidecar.url + "/metrics") as r:
+        assert 'kind="completion"' not in await r.text()
 
 
 async def test_stream_headers_are_the_servers(sidecar: Sidecar, llama: Server) -> None:

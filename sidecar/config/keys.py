@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,7 +43,8 @@ def all_keys(
 
 
 def client_keys(raw: Any, env: Mapping[str, str]) -> list[ClientKey]:
-    """sidecar_settings.keys: [{name, key, models?, rpm?, tpm?}, ...]."""
+    """sidecar_settings.keys: [{name, key, models?, rpm?, tpm?, max_budget?,
+    budget_duration?}, ...]."""
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -56,9 +58,9 @@ def client_keys(raw: Any, env: Mapping[str, str]) -> list[ClientKey]:
         if not isinstance(item, dict):
             raise ConfigError(where, "must be a mapping with name and key")
         for field_name in item:
-            if field_name not in ("name", "key", "models", "rpm", "tpm"):
+            if field_name not in FIELDS:
                 raise ConfigError(
-                    f"{where}.{field_name}", "unknown key (known: name, key, models, rpm, tpm)"
+                    f"{where}.{field_name}", f"unknown key (known: {', '.join(FIELDS)})"
                 )
         name = item.get("name")
         if not isinstance(name, str) or not name or name == "master" or name in names:
@@ -80,6 +82,12 @@ def client_keys(raw: Any, env: Mapping[str, str]) -> list[ClientKey]:
             ):
                 raise ConfigError(f"{where}.{limit}", "must be a positive whole number")
             limits[limit] = value
+        max_budget = _budget(item.get("max_budget"), f"{where}.max_budget")
+        duration = item.get("budget_duration")
+        if duration is not None:
+            if max_budget is None:
+                raise ConfigError(f"{where}.budget_duration", "needs max_budget beside it")
+            duration = duration_seconds(duration, f"{where}.budget_duration")
         keys.append(
             ClientKey(
                 name,
@@ -88,6 +96,36 @@ def client_keys(raw: Any, env: Mapping[str, str]) -> list[ClientKey]:
                 limits["rpm"],
                 limits["tpm"],
                 tuple(models or ()),
+                max_budget,
+                duration,
             )
         )
     return keys
+
+
+FIELDS = ("name", "key", "models", "rpm", "tpm", "max_budget", "budget_duration")
+# LiteLLM's durations: a whole number and s, m (minutes), h or d.
+_DURATION = re.compile(r"([1-9][0-9]{0,5})([smhd])")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(value: Any, where: str) -> float:
+    found = _DURATION.fullmatch(value) if isinstance(value, str) else None
+    if found is None:
+        raise ConfigError(where, "must be a duration as LiteLLM writes it: 30s, 10m, 1h, 30d")
+    return float(int(found.group(1)) * _UNIT[found.group(2)])
+
+
+def _budget(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # YAML reads 2e-05 (no dot) as text
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(where, "must be a number of USD above 0") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(where, "must be a number of USD above 0")
+    if value == float("inf"):
+        raise ConfigError(where, "must be a finite number of USD")
+    return float(value)

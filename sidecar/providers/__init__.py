@@ -142,7 +142,18 @@ def build(
         max_retries=params.max_retries,
         endpoints=MOCK_ENDPOINTS if params.mock_response is not None else frozenset(heads),
         prices=prices,
+        stream_usage=takes_stream_options(params, env),
     )
+
+
+def takes_stream_options(params: Params, env: Mapping[str, str]) -> bool:
+    """Azure refuses stream_options (400) before api-version 2024-08-01-preview; every other
+    upstream takes it (OpenAI, vLLM, llama.cpp's server, LiteLLM)."""
+    if params.provider not in MODEL_IN_PATH:
+        return True
+    version = params.api_version or env.get("AZURE_API_VERSION") or ""
+    dated = re.match(r"\d{4}-\d{2}-\d{2}", version)
+    return dated is None or dated.group() >= "2024-08-01"
 
 
 MIN_SECRET = 4  # characters: a shorter value would blank common text, and is no real key

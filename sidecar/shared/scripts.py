@@ -1,11 +1,15 @@
-"""The two Lua scripts the sidecar runs in Redis: one sync per interval, one exact admission.
+"""The Lua scripts the sidecar runs in Redis: one sync per interval (and one for spend beside
+it, when keys have budgets), one exact admission.
 
 Keys, under the namespace `ns`:
 - `{ns}:w:{counter}:{minute}`: a hash of requests (`r`) and tokens (`t`) counted in that minute
   of Redis's clock by every instance; it expires after three minutes;
 - `{ns}:cool:{deployment}`: a deployment cooling down, its value the cause, its TTL the rest;
 - `{ns}:instances`: a sorted set of live instances, each scored by its last heartbeat (ms);
-- `{ns}:seq:{instance}`: the last batch of deltas applied from that instance.
+- `{ns}:seq:{instance}`: the last batch of deltas applied from that instance;
+- `{ns}:spend:{key}:{period}`: the USD a key spent in a budget period, by every instance; it
+  expires a little after two periods (a key without budget_duration keeps it);
+- `{ns}:spendseq:{instance}`: the last batch of spend applied from that instance.
 
 Both scripts read Redis's own TIME, so that every instance counts the same minutes. Scripts
 name their keys in ARGV, not KEYS: they serve one Redis (or a primary with replicas), not a
@@ -119,4 +123,32 @@ for c = 1, n do
   redis.call('PEXPIRE', keys[c], 180000)
 end
 return {1}
+"""
+
+
+# ARGV: ns, instance, seq, n, (key, period, USD spent since the last batch, ttl s or 0) * n
+# Returns each key's sum for its period (a string: INCRBYFLOAT's), in ARGV's order. A batch is
+# applied once per sequence number, as the sync's deltas are.
+SPEND = """
+local ns = ARGV[1]
+local seqkey = ns .. ':spendseq:' .. ARGV[2]
+local seq = tonumber(ARGV[3])
+local fresh = seq > (tonumber(redis.call('GET', seqkey)) or 0)
+local out = {}
+for c = 0, tonumber(ARGV[4]) - 1 do
+  local at = 5 + c * 4
+  local key = ns .. ':spend:' .. ARGV[at] .. ':' .. ARGV[at + 1]
+  if fresh and tonumber(ARGV[at + 2]) > 0 then
+    out[#out + 1] = redis.call('INCRBYFLOAT', key, ARGV[at + 2])
+    if tonumber(ARGV[at + 3]) > 0 then
+      redis.call('EXPIRE', key, ARGV[at + 3])
+    end
+  else
+    out[#out + 1] = redis.call('GET', key) or '0'
+  end
+end
+if fresh then
+  redis.call('SET', seqkey, seq, 'EX', 600)
+end
+return out
 """

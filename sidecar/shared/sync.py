@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from sidecar.budgets import Budgets
 from sidecar.shared import scripts
 from sidecar.shared.ledger import Ledger
 from sidecar.shared.link import Link, RedisDown
@@ -60,6 +61,9 @@ class Sync:
         self.seq = 0  # the last batch of deltas made
         self._unconfirmed: tuple[int, list[Any]] | None = None  # sent, not confirmed
         self._down_for = 0  # syncs failed in a row: the retry backs off
+        self.budgets: Budgets | None = None  # spend to share, when keys have budgets
+        self._spend_seq = 0
+        self._spend_unconfirmed: tuple[int, list[tuple[str, int, float, int]]] | None = None
 
     async def start(self) -> None:
         """One sync before serving (bounded by the link's timeout), so that the first
@@ -143,6 +147,27 @@ class Sync:
             return
         self._unconfirmed = None
         self._apply(out, tallies, watched)
+        if self.budgets is not None and self.budgets.durations:
+            await self._share_spend(self.budgets)
+
+    async def _share_spend(self, budgets: Budgets) -> None:
+        """Send what keys spent here since the last sync and read back everyone's sums. A
+        batch that may have run (a timeout) is sent again under its sequence number."""
+        if self._spend_unconfirmed is None:
+            self._spend_seq += 1
+            self._spend_unconfirmed = (self._spend_seq, budgets.outgoing())
+        seq, batch = self._spend_unconfirmed
+        args: list[Any] = [self.namespace, self.instance, seq, len(batch)]
+        for name, period, delta, ttl in batch:
+            args += (name, period, f"{delta:.17g}", ttl)
+        try:
+            out = await self.link.run(scripts.SPEND, args)
+        except RedisDown as exc:
+            self._down(str(exc))
+            return
+        self._spend_unconfirmed = None
+        for (name, period, _, _), total in zip(batch, out, strict=True):
+            budgets.synced(name, period, float(total))
 
     def _apply(self, out: list[Any], tallies: list[Tally], watched: list[str]) -> None:
         ledger = self.ledger

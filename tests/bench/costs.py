@@ -44,6 +44,7 @@ from sidecar.server import start
 from sidecar.state import State
 from sidecar.upstream import Connection, Pool
 from tests.bench.run import CANNED_CHAT, CHAT_BODY, KEY
+from tests.bench.upstream import STREAM_BODY, STREAM_HEAD, USAGE_BODY
 
 BODY = orjson.dumps(CHAT_BODY)
 REQUEST = (
@@ -64,6 +65,13 @@ model_list:
       api_base: http://127.0.0.1:9/v1
 """
 KEYED = TABLE + f"general_settings:\n  master_key: {KEY}\n"
+# (b)'s stream: 20 events in one read, and the usage chunk before [DONE] when it is asked for.
+STREAM_REQUEST_BODY = orjson.dumps({**CHAT_BODY, "stream": True})
+STREAM_REQUEST = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+    b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s"
+    % (KEY.encode(), len(STREAM_REQUEST_BODY), STREAM_REQUEST_BODY)
+)
 
 
 class _Upstream:
@@ -73,8 +81,13 @@ class _Upstream:
         self.conn = conn
         self.loop = loop
 
-    def writelines(self, data: object) -> None:
-        self.loop.call_soon(self.conn.data_received, REPLY)
+    def writelines(self, data: list[bytes]) -> None:
+        sent = b"".join(data)
+        if b'"stream":true' not in sent:
+            reply = REPLY
+        else:
+            reply = STREAM_HEAD + (USAGE_BODY if b'"include_usage":true' in sent else STREAM_BODY)
+        self.loop.call_soon(self.conn.data_received, reply)
 
     write = writelines
 
@@ -94,19 +107,22 @@ class _Upstream:
 class _Client:
     """A client connection's transport: each reply written starts the next request."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int, request: bytes) -> None:
         self.loop = loop
+        self.request = request
         self.left = count
         self.done: asyncio.Future[None] = loop.create_future()
         self.protocol: HttpProtocol | None = None
 
     def write(self, data: bytes) -> None:
+        if self.request is STREAM_REQUEST and not data.endswith(b"0\r\n\r\n"):
+            return  # a piece of a stream: the request is done with its last chunk
         self.left -= 1
         if self.left <= 0:
             self.done.set_result(None)
         else:
             assert self.protocol is not None
-            self.loop.call_soon(self.protocol.data_received, REQUEST)
+            self.loop.call_soon(self.protocol.data_received, self.request)
 
     def writelines(self, parts: tuple[bytes, ...]) -> None:
         self.write(b"".join(parts))
@@ -138,17 +154,17 @@ def _in_memory(pool: Pool) -> None:
     pool._connect = connect  # type: ignore[method-assign]
 
 
-async def _serve(listener: Listener, count: int, rounds: int) -> float:
+async def _serve(listener: Listener, count: int, rounds: int, request: bytes = REQUEST) -> float:
     """Best µs per request over `rounds` runs of `count` requests on one connection."""
     loop = asyncio.get_running_loop()
     best = float("inf")
     for _ in range(rounds):
-        client = _Client(loop, count)
+        client = _Client(loop, count, request)
         protocol = listener()
         client.protocol = protocol
         protocol.connection_made(client)  # type: ignore[arg-type]
         began = time.process_time()
-        protocol.data_received(REQUEST)
+        protocol.data_received(request)
         await client.done
         best = min(best, (time.process_time() - began) * 1e6 / count)
         protocol.connection_lost(None)
@@ -194,6 +210,9 @@ async def floors(count: int, rounds: int, work: Path) -> dict[str, float]:
         running.gateway.access_log.fd = os.open(os.devnull, os.O_WRONLY)
         _in_memory(running.gateway.pool)
         out[name] = await _serve(running.listener, count, rounds)
+        if text is KEYED:
+            name = "whole gateway: a streamed chat of 20 events, as make bench (b)"
+            out[name] = await _serve(running.listener, count, rounds, STREAM_REQUEST)
         await running.stop()
     return out
 

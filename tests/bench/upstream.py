@@ -31,6 +31,7 @@ _HOLD = re.compile(rb'"bench_hold"\s*:\s*([0-9.]+)')
 _PACE = re.compile(rb'"bench_pace"\s*:\s*([0-9.]+)')
 _EVENTS = re.compile(rb'"bench_events"\s*:\s*([0-9]+)')
 _STREAM = re.compile(rb'"stream"\s*:\s*true')
+_INCLUDE_USAGE = re.compile(rb'"include_usage"\s*:\s*true')
 
 
 def _response(status: str, content_type: str, body: bytes) -> bytes:
@@ -111,8 +112,16 @@ STREAM_EVENTS = [
     )
     for i in range(STREAM_CHUNKS - 1)
 ] + [_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"]
+# What stream_options.include_usage adds before [DONE], as OpenAI and vLLM send it.
+USAGE_EVENT = _chunk(
+    b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
+    b'"model":"bench-model","choices":[],"usage":{"prompt_tokens":220,"completion_tokens":19,'
+    b'"total_tokens":239}}\n\n'
+)
+USAGE_EVENTS = [*STREAM_EVENTS[:-1], USAGE_EVENT, STREAM_EVENTS[-1]]
 
 STREAM_BODY = b"".join(STREAM_EVENTS)
+USAGE_BODY = b"".join(USAGE_EVENTS)
 TOKEN_EVENT = (
     b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
     b'"model":"bench-model","bench_t":%.6f,"choices":[{"index":0,"delta":{"content":" tok"},'
@@ -163,10 +172,12 @@ class Upstream(asyncio.Protocol):
             if _STREAM.search(body):
                 pace, events = _PACE.search(body), _EVENTS.search(body)
                 if pace and events:
-                    self.paced(float(pace.group(1)), int(events.group(1)))
+                    usage = _INCLUDE_USAGE.search(body) is not None
+                    self.paced(float(pace.group(1)), int(events.group(1)), usage)
                     return
                 hold = _HOLD.search(body)
-                self.stream(float(hold.group(1)) if hold else 0.0)
+                usage = _INCLUDE_USAGE.search(body) is not None
+                self.stream(float(hold.group(1)) if hold else 0.0, usage)
             else:
                 transport.write(CHAT)
         elif path.endswith(b"/embeddings"):
@@ -174,19 +185,19 @@ class Upstream(asyncio.Protocol):
         else:
             transport.write(NOT_FOUND)
 
-    def stream(self, hold: float) -> None:
-        """The head and the 20 events; with a hold, the first event comes at once and the rest
-        `hold` seconds later."""
+    def stream(self, hold: float, usage: bool) -> None:
+        """The head and the 20 events (and the usage chunk when asked); with a hold, the first
+        event comes at once and the rest `hold` seconds later."""
         assert self.transport is not None
         transport = self.transport
         transport.write(STREAM_HEAD)
         if hold:
             transport.write(STREAM_EVENTS[0])
-            asyncio.get_running_loop().call_later(hold, self.finish, 1)
+            asyncio.get_running_loop().call_later(hold, self.finish, 1, usage)
         else:
-            self.finish(0)
+            self.finish(0, usage)
 
-    def paced(self, pace: float, events: int) -> None:
+    def paced(self, pace: float, events: int, usage: bool) -> None:
         """A token stream: one event per write, `pace` seconds apart, then [DONE]."""
         assert self.transport is not None
         self.transport.write(STREAM_HEAD)
@@ -197,22 +208,24 @@ class Upstream(asyncio.Protocol):
             if transport is None or transport.is_closing():
                 return
             if not left:
-                transport.write(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+                end = _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+                transport.write(USAGE_EVENT + end if usage else end)
                 return
             transport.write(_chunk(TOKEN_EVENT % time.monotonic()))
             loop.call_later(pace, send, left - 1)
 
         send(events)
 
-    def finish(self, start: int) -> None:
+    def finish(self, start: int, usage: bool) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        events, whole = (USAGE_EVENTS, USAGE_BODY) if usage else (STREAM_EVENTS, STREAM_BODY)
         if SEPARATE_WRITES:
-            for event in STREAM_EVENTS[start:]:
+            for event in events[start:]:
                 transport.write(event)
         else:
-            transport.write(STREAM_BODY if start == 0 else b"".join(STREAM_EVENTS[start:]))
+            transport.write(whole if start == 0 else b"".join(events[start:]))
 
 
 async def serve(host: str, port: int) -> None:

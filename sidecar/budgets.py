@@ -1,0 +1,93 @@
+"""What each key has spent in its budget period, against its max_budget. No database: the
+spend is kept in this process, and with the shared state configured on Redis too (synced in
+the background with the rest, shared.sync), so that restarts and replicas see the same sum.
+
+Periods are the clock's, cut at whole multiples of budget_duration since the epoch (a `1d`
+budget resets at 00:00 UTC), so that every replica agrees on them without talking. A key with
+no budget_duration has one period, for ever.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from sidecar import errors
+from sidecar.auth import ClientKey
+
+LIFETIME = 0  # the one period of a key without budget_duration
+
+
+@dataclass(slots=True)
+class Book:
+    period: int
+    total: float = 0.0  # spent in the period: everyone's as of the last sync, and ours since
+    pending: float = 0.0  # ours, not yet sent to Redis
+
+
+class Budgets:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.books: dict[str, Book] = {}  # by key name: survives reloads
+        self.durations: dict[str, float | None] = {}  # keys with a budget, by name
+        self.maxima: dict[str, float] = {}
+
+    def watch(self, keys: Iterable[ClientKey]) -> None:
+        """The keys of a (re)loaded table that have a budget: these are synced."""
+        budgeted = [k for k in keys if k.max_budget is not None]
+        self.durations = {k.name: k.budget_duration for k in budgeted}
+        self.maxima = {k.name: k.max_budget for k in budgeted if k.max_budget is not None}
+
+    def check(self, key: ClientKey) -> None:
+        """The key's 429 when it has spent its budget in this period."""
+        budget = key.max_budget
+        if budget is None:
+            return
+        now = self.clock()
+        book = self._book(key.name, key.budget_duration, now)
+        if book.total >= budget:
+            duration = key.budget_duration
+            resets_in = None if duration is None else (book.period + 1) * duration - now
+            raise errors.budget_exceeded(key.name, book.total, budget, resets_in)
+
+    def spend(self, key: ClientKey, cost: float) -> None:
+        if key.max_budget is None or cost <= 0:
+            return
+        book = self._book(key.name, key.budget_duration, self.clock())
+        book.total += cost
+        book.pending += cost
+
+    def _book(self, name: str, duration: float | None, now: float) -> Book:
+        period = LIFETIME if duration is None else int(now // duration)
+        book = self.books.get(name)
+        if book is None or book.period != period:
+            # A new period starts at nothing; what was not sent of the last one is dropped
+            # with it (it can no longer refuse anything).
+            book = self.books[name] = Book(period)
+        return book
+
+    def outgoing(self) -> list[tuple[str, int, float, int]]:
+        """For the sync: (key, period, spent since the last sync, seconds Redis keeps the
+        period's sum or 0 for ever) for every key with a budget; the pending sums are now
+        the sync's, which sends them until Redis has them."""
+        now = self.clock()
+        out = []
+        for name, duration in self.durations.items():
+            book = self._book(name, duration, now)
+            out.append(
+                (name, book.period, book.pending, 0 if duration is None else int(duration * 2) + 60)
+            )
+            book.pending = 0.0
+        return out
+
+    def synced(self, name: str, period: int, total: float) -> None:
+        """Everyone's sum for the period, as Redis had it (ours sent included)."""
+        book = self.books.get(name)
+        if book is not None and book.period == period:
+            book.total = total + book.pending  # what was spent here while the sync ran
+
+    def spent(self) -> list[tuple[str, float, float]]:
+        """For /metrics: each budgeted key's spend in its current period, and its budget."""
+        now = self.clock()
+        return [(n, self._book(n, d, now).total, self.maxima[n]) for n, d in self.durations.items()]
