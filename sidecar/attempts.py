@@ -158,6 +158,9 @@ class Attempts:
                     upstream_id = requestid.make()
                 outcome.upstream_ids.append(upstream_id)
                 taken = accept + b"X-Request-Id: %s\r\n" % upstream_id.encode()
+                if outcome.trace is not None:
+                    taken += outcome.trace.header()
+                    outcome.upstream = deployment
                 strip = ask_usage and deployment.stream_usage
                 data, translation = outbound.build(
                     deployment,
@@ -253,6 +256,11 @@ class Attempts:
                         if counted is not None and not counted[0] and endpoint is Endpoint.MESSAGES:
                             head = b"".join(reply.tee.parts or ()) if reply.tee else b""
                             counted = (usage.input_tokens(head) or 0, counted[1])
+                        if outcome.trace is not None:
+                            outcome.usage = counted
+                            outcome.response_model = usage.response_model(
+                                exchange.before_last, exchange.last
+                            )
                         if counted is not None:
                             if deployment.prices is not None:
                                 outcome.cost = deployment.prices.cost(*counted)

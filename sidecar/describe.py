@@ -43,6 +43,14 @@ def describe(config: Config) -> str:
             f"shared state: {shared.target}{auth_note}, namespace {shared.namespace}, {every}, "
             f"on Redis down: {shared.on_redis_down}"
         )
+    otel = config.otel
+    if otel is not None:
+        headers = f", with headers {', '.join(sorted(otel.headers))}" if otel.headers else ""
+        lines.append(
+            f"traces: OTLP/HTTP to {otel.target}{headers}, service {otel.service_name}, "
+            f"queue {otel.max_queue} spans, export timeout {otel.timeout:g} s, "
+            f"{otel.sample_ratio:.0%} of new traces kept"
+        )
     cache = config.cache
     if cache is not None:
         where = (

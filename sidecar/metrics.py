@@ -26,6 +26,12 @@ class BudgetView(Protocol):
     def spent(self) -> list[tuple[str, float, float]]: ...  # key, spent in its period, budget
 
 
+class TracingView(Protocol):
+    """What /metrics shows of the trace export (tracing.Tracing)."""
+
+    def counts(self) -> tuple[int, int, int]: ...  # spans exported, spans dropped, failed exports
+
+
 class Metrics:
     enabled = True
 
@@ -42,6 +48,7 @@ class Metrics:
         self.tokens: defaultdict[tuple[str, str], int] = defaultdict(int)  # (model, kind)
         self.shared: SharedView | None = None  # set when a Redis is configured
         self.budgets: BudgetView | None = None  # set by the gateway
+        self.tracing: TracingView | None = None  # set when tracing is configured
         self.cache: defaultdict[tuple[str, str], int] = defaultdict(int)  # (model, result)
         self.spent: defaultdict[tuple[str, str], float] = defaultdict(float)  # (key, model)
 
@@ -166,6 +173,19 @@ class Metrics:
                 "# HELP sidecar_budget_max_usd Each key's max_budget.",
                 "# TYPE sidecar_budget_max_usd gauge",
                 *(f"sidecar_budget_max_usd{{{_labels(key=k)}}} {b:.12g}" for k, _, b in budgets),
+            ]
+        if self.tracing is not None:
+            exported, dropped, failed = self.tracing.counts()
+            lines += [
+                "# HELP sidecar_trace_spans_exported_total Spans the collector took.",
+                "# TYPE sidecar_trace_spans_exported_total counter",
+                f"sidecar_trace_spans_exported_total {exported}",
+                "# HELP sidecar_trace_spans_dropped_total Spans lost: the export queue was full, or the collector refused or missed their batch.",
+                "# TYPE sidecar_trace_spans_dropped_total counter",
+                f"sidecar_trace_spans_dropped_total {dropped}",
+                "# HELP sidecar_trace_export_failures_total Exports the collector did not take (down, slow or refusing).",
+                "# TYPE sidecar_trace_export_failures_total counter",
+                f"sidecar_trace_export_failures_total {failed}",
             ]
         if self.shared is not None:
             lines += _shared(self.shared)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sidecar import requestid
 from sidecar.accesslog import AccessLog
@@ -11,6 +12,10 @@ from sidecar.headers import REQUEST_ID_HEADER
 from sidecar.http.message import Request, Responder
 from sidecar.metrics import UNKNOWN, Metrics
 from sidecar.routes import MODEL_ENDPOINTS, Endpoint
+
+if TYPE_CHECKING:
+    from sidecar.deployment import Deployment
+    from sidecar.tracing import Trace
 
 
 @dataclass(slots=True)
@@ -34,6 +39,12 @@ class Outcome:
     started: float = 0.0  # time.perf_counter() when the request arrived
     cache: str | None = None  # hit, miss or bypass; None without a response cache
     cost: float | None = None  # USD, when the deployment has prices and the reply a usage
+    # With tracing on only: the span's ids, and what the span says beyond the log line.
+    trace: Trace | None = None
+    asked: str = ""  # the model the client named
+    upstream: Deployment | None = None  # the deployment of the last attempt
+    usage: tuple[int, int] | None = None  # (input, output) tokens, as the upstream counted
+    response_model: str | None = None
 
     @classmethod
     def of(cls, request: Request, started: float) -> Outcome:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import orjson
@@ -41,6 +41,9 @@ from sidecar.shared.sync import Sync
 from sidecar.state import State
 from sidecar.upstream import Pool
 
+if TYPE_CHECKING:
+    from sidecar.tracing import Tracing
+
 log = logging.getLogger("sidecar")
 
 KEYED = MODEL_ENDPOINTS | {Endpoint.MODELS, Endpoint.MODEL}  # behind the keys, when there are
@@ -70,6 +73,7 @@ class Gateway:
         self.router = Router(config.router)
         self.limits = KeyLimits()
         self.budgets = Budgets()
+        self.tracing: Tracing | None = None  # OpenTelemetry, when configured (server.start)
         metrics.budgets = self.budgets
         self.router.shared = self.limits.shared = shared
         self.sync: Sync | None = None  # shared state's sync, once started (server.start)
@@ -120,6 +124,8 @@ class Gateway:
                 failure = errors.unknown_path(request.method, path)
             self._refuse(request, reply, outcome, failure)
             return
+        if self.tracing is not None and endpoint in MODEL_ENDPOINTS:
+            outcome.trace = self.tracing.begin(request.headers)
         status = 500
         self.metrics.in_flight += 1
         try:
@@ -138,6 +144,9 @@ class Gateway:
             if status != CLIENT_GONE:
                 status = reply.status or 500
             record(self.metrics, self.access_log, request, endpoint, outcome, status, reply)
+            if outcome.trace is not None:
+                assert self.tracing is not None
+                self.tracing.record(request, endpoint, outcome, status)
 
     async def handle_admin(self, request: Request, reply: Responder) -> None:
         """The admin listener: health and metrics as on the API's listener; nothing else."""
@@ -231,6 +240,8 @@ class Gateway:
         else:
             body = requests.parse(raw, endpoint)
         model: str = body["model"]
+        if outcome.trace is not None:
+            outcome.asked = model
         found = state.table.lookup(model)
         if found is None:
             raise errors.model_not_found(model)

@@ -52,6 +52,8 @@ class Running:
         if self.gateway.sync is not None:
             await self.gateway.sync.stop()
         await self.gateway.attempts.affinity.close()
+        if self.gateway.tracing is not None:  # the spans still queued sent, briefly
+            await asyncio.to_thread(self.gateway.tracing.shutdown)
         self.gateway.access_log.flush()
 
 
@@ -73,6 +75,11 @@ async def start(
         await _share(gateway, ledger)
     if config.cache is not None:
         gateway.cache = _cache(config.cache, gateway)
+    if config.otel is not None:
+        from sidecar.tracing import Tracing  # imports the SDK: only when tracing is configured
+
+        gateway.tracing = Tracing(config.otel)
+        metrics.tracing = gateway.tracing
 
     def limits() -> tuple[int, float]:
         # Read per request, so that a reload can change them.
@@ -165,6 +172,8 @@ def warn_restart_needed(old: Config, new: Config) -> None:
         changed.append("the shared state (router_settings.redis_*, sidecar_settings.shared_state)")
     if old.cache != new.cache:  # so is the cache's store
         changed.append("the response cache (litellm_settings.cache, cache_params)")
+    if old.otel != new.otel:  # and the exporter
+        changed.append("tracing (sidecar_settings.otel, OTEL_EXPORTER_OTLP_*)")
     if changed:
         log.warning(
             "%s: %s changed; the listeners and workers keep their settings until a restart",

@@ -42,3 +42,17 @@ def input_tokens(head: bytes) -> int | None:
     at = head.find(b'"input_tokens"')
     found = _COUNT.match(head, at + 14) if at >= 0 else None
     return int(found.group(1)) if found is not None else None
+
+
+_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,256})"')
+EDGE = 2048  # bytes of each end of a reply searched for its model
+
+
+def response_model(*pieces: bytes) -> str | None:
+    """The model the upstream says answered: near the start of a reply, or near the end
+    (after an embeddings list), and in every chunk of a stream."""
+    for piece in reversed(pieces):
+        found = _MODEL.search(piece, 0, EDGE) or _MODEL.search(piece, max(0, len(piece) - EDGE))
+        if found is not None:
+            return found.group(1).decode("utf-8", "replace")
+    return None

@@ -20,6 +20,7 @@ from sidecar.auth import ClientKey
 from sidecar.config.cache import CacheSettings, cache_settings
 from sidecar.config.keys import all_keys
 from sidecar.config.model_list import check_fallbacks, deployment_of
+from sidecar.config.otel import OtelSettings, otel_settings
 from sidecar.config.router_settings import ROUTING_STRATEGIES, RouterSettings, router_settings
 from sidecar.config.shared_state import REDIS_KEYS, SharedSettings, shared_settings
 from sidecar.config.sidecar_settings import (
@@ -83,6 +84,7 @@ class Config:
     warnings: tuple[str, ...]
     shared: SharedSettings | None = None  # None: no Redis, every process counts alone
     cache: CacheSettings | None = None  # None: no response cache
+    otel: OtelSettings | None = None  # None: no traces
 
 
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -150,6 +152,7 @@ def parse(raw: Any, name: str, environ: Mapping[str, str]) -> Config:
     litellm = mapping(raw.get("litellm_settings"), "litellm_settings")
     cache = cache_settings(litellm, shared, env, warnings)
     keys = all_keys(general, sidecar_settings.pop("keys", None), env, warnings)
+    otel = otel_settings(sidecar_settings.pop("otel", None), env)
     server = server_settings(sidecar_settings)
 
     entries = raw.get("model_list")
@@ -167,4 +170,6 @@ def parse(raw: Any, name: str, environ: Mapping[str, str]) -> Config:
                 f"'{d.id}' is already the id of model_list[{seen[d.id]}]",
             )
         seen[d.id] = i
-    return Config(name, deployments, tuple(keys), router, server, tuple(warnings), shared, cache)
+    return Config(
+        name, deployments, tuple(keys), router, server, tuple(warnings), shared, cache, otel
+    )

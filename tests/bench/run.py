@@ -178,12 +178,14 @@ def start_sidecar(
     limits: bool = False,
     redis: int | None = None,
     cache: bool = False,
+    tracing: bool = False,
 ) -> Target:
     """The sidecar, one worker pinned to the proxy's CPU; or `workers` processes (--workers N)
     on every CPU, to show how it scales (then sharing CPU 1 with the load and the upstream).
     `limits`: the bench's key and deployments get rpm/tpm limits (never reached), counted in
-    the process, or on the Redis at port `redis` (shared state)."""
-    config = work / f"sidecar-{workers}-{limits}-{redis}-{cache}.yaml"
+    the process, or on the Redis at port `redis` (shared state). `tracing`: a span per request,
+    exported to the bench upstream (which takes OTLP/HTTP too, on the load's CPU)."""
+    config = work / f"sidecar-{workers}-{limits}-{redis}-{cache}-{tracing}.yaml"
     rpm = "      rpm: 1000000000\n" if limits else ""
     text = f"""
 model_list:
@@ -217,6 +219,8 @@ sidecar_settings:
         text += f"general_settings:\n  master_key: {KEY}\n"
     if cache:
         text += "litellm_settings:\n  cache: true\n" + os.environ.get("XCACHE", "")
+    if tracing:
+        text += f"sidecar_settings:\n  otel:\n    endpoint: http://127.0.0.1:{upstream}\n"
     config.write_text(text)
     port = free_port()
     started = time.perf_counter()
@@ -232,6 +236,8 @@ sidecar_settings:
         name += " + limits on Redis" if redis is not None else " + limits"
     if cache:
         name += " + cache"
+    if tracing:
+        name += " + tracing"
     target = Target(name, port, proc, start_s=time.perf_counter() - started)
     time.sleep(0.5)
     target.idle_rss_kib = status_kib(proc.pid, "VmRSS")
@@ -622,12 +628,13 @@ def main() -> int:
     parser.add_argument("--token-pace", type=float, default=0.02, help="seconds between events")
     parser.add_argument(
         "--targets",
-        default="direct,nginx,sidecar,workers,floor,limits,redis,cache",
+        default="direct,nginx,sidecar,workers,floor,limits,redis,cache,tracing",
         help="workers: the sidecar with --workers 2, for (a) chat only; floor: the sidecar's "
         "own protocols and pool with no feature (tests/bench/floor.py); limits: rpm/tpm limits "
         "on the key and the deployments, counted in the process; redis: the same limits shared "
         "on a redis-server (limits and redis: chat, stream and paced only); cache: the response "
-        "cache on (type local): hits on chat and stream, misses on distinct",
+        "cache on (type local): hits on chat and stream, misses on distinct; tracing: a span per "
+        "request exported over OTLP/HTTP (chat, stream and paced only)",
     )
     parser.add_argument(
         "--upstream",
@@ -683,6 +690,8 @@ def main() -> int:
                 targets.append(start_floor(up_port))
             if "cache" in wanted:
                 targets.append(start_sidecar(work, up_port, cache=True))
+            if "tracing" in wanted:
+                targets.append(start_sidecar(work, up_port, tracing=True))
             if "limits" in wanted:
                 targets.append(start_sidecar(work, up_port, limits=True))
             if "redis" in wanted:
@@ -697,7 +706,11 @@ def main() -> int:
                         continue  # scaling is shown on (a); the rest compares one core each
                     if target.name == "redis-server":
                         continue  # started for the shared-state target, not measured itself
-                    if "limits" in target.name and scenario not in ("chat", "paced", "stream"):
+                    if ("limits" in target.name or "tracing" in target.name) and scenario not in (
+                        "chat",
+                        "paced",
+                        "stream",
+                    ):
                         continue  # what limits cost shows on chat
                     if "cache" in target.name and scenario not in ("chat", "stream", "distinct"):
                         continue  # hits on (a) and (b), misses on (h)

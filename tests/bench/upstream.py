@@ -132,6 +132,8 @@ TOKEN_EVENT = (
 # they, not the proxy, would set the pace; so by default the events go out in one write.
 SEPARATE_WRITES = False
 
+# An OTLP/HTTP collector's answer (an empty ExportTraceServiceResponse): the tracing target's.
+TRACES_TAKEN = _response("200 OK", "application/x-protobuf", b"")
 NOT_FOUND = _response("404 Not Found", "application/json", b'{"error":{"message":"no route"}}')
 
 
@@ -182,6 +184,8 @@ class Upstream(asyncio.Protocol):
                 transport.write(CHAT)
         elif path.endswith(b"/embeddings"):
             transport.write(EMBEDDING)
+        elif path == b"/v1/traces":
+            transport.write(TRACES_TAKEN)
         else:
             transport.write(NOT_FOUND)
 
