@@ -30,6 +30,10 @@ def build(dist: Path) -> Path:
                 "--noconfirm",
                 "--collect-submodules=sidecar",
                 "--hidden-import=uvloop.loop",  # imported by name at run time
+                # The otel extra stays out (some 10 MB): a table that configures tracing is
+                # refused at load by the executable, with the pip command to use instead.
+                "--exclude-module=opentelemetry",
+                "--exclude-module=google.protobuf",
                 str(ROOT / "sidecar" / "__main__.py"),
             ]
         )

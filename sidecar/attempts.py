@@ -34,7 +34,7 @@ from sidecar.outcome import Outcome
 from sidecar.router import ERROR as ERROR_CAUSE
 from sidecar.router import FAILED_ANSWER, Blocked, Router
 from sidecar.router import RATE_LIMIT as RATE_LIMIT_CAUSE
-from sidecar.routes import ANTHROPIC_ENDPOINTS, UNSPENT_ENDPOINTS, Endpoint
+from sidecar.routes import ANTHROPIC_ENDPOINTS, OPERATIONS, UNSPENT_ENDPOINTS, Endpoint
 from sidecar.shared.link import RedisDown
 from sidecar.shared.sync import Sync
 from sidecar.state import State
@@ -248,6 +248,11 @@ class Attempts:
                             deployment.id, kind if kind == "timeout" else "mid_reply"
                         )
                     elif status < 400 and endpoint not in UNSPENT_ENDPOINTS:
+                        if streaming and exchange.first_at:
+                            self.metrics.genai_first_token.observe(
+                                (OPERATIONS[endpoint], group.name),
+                                exchange.first_at - outcome.started,
+                            )
                         if endpoint is Endpoint.RESPONSES:
                             made = response_id(reply.tee)
                             if made is not None:
@@ -264,7 +269,7 @@ class Attempts:
                         if counted is not None:
                             if deployment.prices is not None:
                                 outcome.cost = deployment.prices.cost(*counted)
-                            self.metrics.usage(group.name, *counted)
+                            self.metrics.usage(group.name, *counted, OPERATIONS[endpoint])
                             router.used(deployment, sum(counted) - tokens)
                             outcome.tokens = sum(counted)
         assert last is not None

@@ -24,6 +24,15 @@ DURATION_BUCKETS = (
 )
 
 
+# OpenTelemetry's GenAI conventions' advised buckets: tokens, seconds to the first token, and
+# seconds a request takes.
+TOKEN_BUCKETS = tuple(float(4**i) for i in range(14))  # 1, 4, 16 ... 67108864
+FIRST_TOKEN_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+GENAI_DURATION_BUCKETS = tuple(0.01 * 2**i for i in range(14))  # 0.01, 0.02 ... 81.92
+
+
 class Histogram:
     __slots__ = ("bounds", "series")
 

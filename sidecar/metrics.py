@@ -9,7 +9,12 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Protocol
 
-from sidecar.histogram import Histogram
+from sidecar.histogram import (
+    FIRST_TOKEN_BUCKETS,
+    GENAI_DURATION_BUCKETS,
+    TOKEN_BUCKETS,
+    Histogram,
+)
 
 UNKNOWN = ""  # the model label of a request that named no configured model
 
@@ -46,15 +51,21 @@ class Metrics:
         self.duration = Histogram()  # by endpoint and model group
         self.ttfb = Histogram()  # by deployment
         self.tokens: defaultdict[tuple[str, str], int] = defaultdict(int)  # (model, kind)
+        # OpenTelemetry's GenAI metrics, by operation and model group (and token type).
+        self.genai_tokens = Histogram(TOKEN_BUCKETS)
+        self.genai_first_token = Histogram(FIRST_TOKEN_BUCKETS)
+        self.genai_duration = Histogram(GENAI_DURATION_BUCKETS)
         self.shared: SharedView | None = None  # set when a Redis is configured
         self.budgets: BudgetView | None = None  # set by the gateway
         self.tracing: TracingView | None = None  # set when tracing is configured
         self.cache: defaultdict[tuple[str, str], int] = defaultdict(int)  # (model, result)
         self.spent: defaultdict[tuple[str, str], float] = defaultdict(float)  # (key, model)
 
-    def usage(self, model: str, prompt: int, completion: int) -> None:
+    def usage(self, model: str, prompt: int, completion: int, operation: str) -> None:
         self.tokens[(model, "prompt")] += prompt
         self.tokens[(model, "completion")] += completion
+        self.genai_tokens.observe((operation, model, "input"), prompt)
+        self.genai_tokens.observe((operation, model, "output"), completion)
 
     def retry(self, model: str) -> None:
         self.retries[model] += 1
@@ -114,6 +125,27 @@ class Metrics:
             "Time from sending a request upstream to the upstream reply's head.",
             ("deployment",),
             self.ttfb,
+        )
+        genai = ("gen_ai_operation_name", "gen_ai_request_model")
+        lines += _histogram(
+            "gen_ai_client_token_usage",
+            "Tokens a request used, by type (OpenTelemetry GenAI: gen_ai.client.token.usage).",
+            (*genai, "gen_ai_token_type"),
+            self.genai_tokens,
+        )
+        lines += _histogram(
+            "gen_ai_server_time_to_first_token",
+            "Seconds from a streamed request's arrival to its first bytes of output "
+            "(OpenTelemetry GenAI: gen_ai.server.time_to_first_token).",
+            genai,
+            self.genai_first_token,
+        )
+        lines += _histogram(
+            "gen_ai_server_request_duration",
+            "Seconds from a request's arrival to its reply's end "
+            "(OpenTelemetry GenAI: gen_ai.server.request.duration).",
+            genai,
+            self.genai_duration,
         )
         lines += [
             "# HELP sidecar_tokens_total Tokens, as upstreams report them in `usage`.",
@@ -249,8 +281,10 @@ class NoMetrics(Metrics):
         super().__init__()
         self.duration = _NoHistogram()
         self.ttfb = _NoHistogram()
+        self.genai_first_token = _NoHistogram()
+        self.genai_duration = _NoHistogram()
 
-    def usage(self, model: str, prompt: int, completion: int) -> None:
+    def usage(self, model: str, prompt: int, completion: int, operation: str) -> None:
         pass
 
     def retry(self, model: str) -> None:

@@ -31,6 +31,19 @@ class Endpoint(enum.Enum):
     METRICS = "/metrics"
 
 
+# OpenTelemetry's gen_ai.operation.name of each model endpoint: the conventions' names where
+# there is one, else the endpoint's own.
+OPERATIONS = {
+    e: {
+        "CHAT": "chat",
+        "COMPLETIONS": "text_completion",
+        "EMBEDDINGS": "embeddings",
+        "RESPONSES": "chat",
+        "MESSAGES": "chat",
+    }.get(e.name, e.name.lower())
+    for e in Endpoint
+}
+
 # Endpoints that carry a model in the body and are forwarded upstream.
 MODEL_ENDPOINTS = frozenset(
     {

@@ -34,7 +34,7 @@ from sidecar import __version__
 from sidecar.config.otel import OtelSettings
 from sidecar.http.message import Request
 from sidecar.outcome import Outcome
-from sidecar.routes import Endpoint
+from sidecar.routes import OPERATIONS, Endpoint
 
 BATCH = 512  # spans sent in one export at most
 DELAY = 1.0  # seconds a span waits for its batch at most
@@ -42,14 +42,6 @@ DELAY = 1.0  # seconds a span waits for its batch at most
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?")
 _TRACESTATE = re.compile(r"[\x20-\x7e]{1,512}")
 
-# gen_ai.operation.name: the conventions' names where there is one.
-OPERATIONS = {
-    Endpoint.CHAT: "chat",
-    Endpoint.COMPLETIONS: "text_completion",
-    Endpoint.EMBEDDINGS: "embeddings",
-    Endpoint.RESPONSES: "chat",
-    Endpoint.MESSAGES: "chat",
-}
 # gen_ai.provider.name, by the table's provider prefix.
 PROVIDERS = {
     "openai": "openai",
@@ -239,7 +231,7 @@ class Tracing:
     ) -> None:
         """The span of a request that has ended, with the GenAI attributes it has."""
         assert outcome.trace is not None and endpoint is not None
-        operation = OPERATIONS.get(endpoint) or endpoint.name.lower()
+        operation = OPERATIONS[endpoint]
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation,
             "gen_ai.request.model": outcome.asked,

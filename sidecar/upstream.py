@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+import time
 from collections.abc import Callable, Sequence
 
 from sidecar.http.response_parser import Headers, ProtocolError, ResponseParser
@@ -96,6 +97,7 @@ class Exchange:
         "before_last",
         "conn",
         "ended",
+        "first_at",
         "got_bytes",
         "handed_off",
         "headers",
@@ -130,6 +132,7 @@ class Exchange:
         self.got_bytes = False
         self.handed_off = False  # its end is read by another task (pipe._finish_later)
         self.last = self.before_last = b""  # the last body bytes handed on, for usage counts
+        self.first_at = 0.0  # time.perf_counter() when body bytes were first handed on
         self._last_read = self._loop.time()
         conn.pool.watch(self)
 
@@ -217,6 +220,8 @@ class Exchange:
             data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
             chunks.clear()
             self._buffered = 0
+            if not self.first_at:
+                self.first_at = time.perf_counter()
             self.before_last, self.last = self.last, data
         if self.ended:
             self._sink = None
@@ -337,6 +342,8 @@ class Exchange:
                 chunks.clear()
                 self._buffered = 0
                 self.unblock()
+                if not self.first_at:
+                    self.first_at = time.perf_counter()
                 self.before_last, self.last = self.last, data
                 return data
             if self.ended:

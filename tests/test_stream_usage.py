@@ -287,3 +287,31 @@ def test_a_held_event_is_let_go_at_the_end() -> None:
     strip(b"", True)
     assert out == [(b"data: {}\n\n", False), (b"", False), (b'data: {"half":1}', True)]
     assert b"".join(d for d, _ in out) == b'data: {}\n\ndata: {"half":1}'
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    want = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "} "
+    found = [line for line in text.splitlines() if line.startswith(want)]
+    assert found, f"no {want}in /metrics"
+    return float(found[0].split()[-1])
+
+
+async def test_the_genai_histograms(upstream: FakeUpstream, make_sidecar: MakeSidecar) -> None:
+    """OpenTelemetry's GenAI metrics beside ours: tokens by type, time to first token of
+    streams, request duration, by operation and model."""
+    sidecar = await make_sidecar(table(upstream.base))
+    client = sidecar.openai(KEY)
+    await client.chat.completions.create(model="m", messages=CHAT)
+    stream = await client.chat.completions.create(model="m", messages=CHAT, stream=True)
+    assert [c async for c in stream]
+    await client.embeddings.create(model="m", input="x")
+    text = await metrics(sidecar)
+    chat = {"gen_ai_operation_name": "chat", "gen_ai_request_model": "m"}
+    assert _sample(text, "gen_ai_client_token_usage_sum", **chat, gen_ai_token_type="input") == 10
+    assert _sample(text, "gen_ai_client_token_usage_sum", **chat, gen_ai_token_type="output") == 6
+    assert _sample(text, "gen_ai_client_token_usage_count", **chat, gen_ai_token_type="input") == 2
+    assert _sample(text, "gen_ai_server_time_to_first_token_count", **chat) == 1  # the stream's
+    assert _sample(text, "gen_ai_server_request_duration_count", **chat) == 2
+    embeddings = {"gen_ai_operation_name": "embeddings", "gen_ai_request_model": "m"}
+    assert _sample(text, "gen_ai_server_request_duration_count", **embeddings) == 1
+    assert "# TYPE gen_ai_client_token_usage histogram" in text
