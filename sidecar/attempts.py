@@ -97,6 +97,9 @@ class Attempts:
             encoding = IDENTITY
         outcome.stream = body.get("stream") is True
         ask_usage = stream_usage.to_ask(endpoint, body)
+        if ask_usage:
+            # The usage chunk is taken out of the bytes as they pass: they must be plain.
+            encoding = IDENTITY
         last: Failure | None = None
         retry_at: dict[str, float] = {}  # deployment -> when its Retry-After ends
         for position, link in enumerate(chain):
@@ -161,7 +164,12 @@ class Attempts:
                 if outcome.trace is not None:
                     taken += outcome.trace.header()
                     outcome.upstream = deployment
-                strip = ask_usage and deployment.stream_usage
+                # An operator's own stream_options (litellm_params) are kept as they are.
+                strip = (
+                    ask_usage
+                    and deployment.stream_usage
+                    and "stream_options" not in deployment.defaults[endpoint]
+                )
                 data, translation = outbound.build(
                     deployment,
                     endpoint,

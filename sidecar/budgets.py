@@ -2,13 +2,16 @@
 spend is kept in this process, and with the shared state configured on Redis too (synced in
 the background with the rest, shared.sync), so that restarts and replicas see the same sum.
 
-Periods are the clock's, cut at whole multiples of budget_duration since the epoch (a `1d`
-budget resets at 00:00 UTC), so that every replica agrees on them without talking. A key with
-no budget_duration has one period, for ever.
+Periods are cut where LiteLLM cuts them, in UTC: `1d` at midnight, `7d` on Mondays at
+midnight, `30d` (and `1mo`) on the first of each month; any other duration at whole multiples
+of itself since the epoch. So every replica agrees on them without talking. A key with no
+budget_duration has one period, for ever.
 """
 
 from __future__ import annotations
 
+import datetime
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,6 +20,27 @@ from sidecar import errors
 from sidecar.auth import ClientKey
 
 LIFETIME = 0  # the one period of a key without budget_duration
+DAY = 86400.0
+WEEK = 7 * DAY
+MONTH = 30 * DAY  # LiteLLM's 30d, and 1mo: a calendar month
+_MONDAY = 4 * DAY  # the epoch was a Thursday: weeks are counted from Monday 1970-01-05
+
+
+def period_of(duration: float | None, now: float) -> tuple[int, float | None]:
+    """(the period's number, when it ends) at `now` (Unix time); a lifetime has no end."""
+    if duration is None:
+        return LIFETIME, None
+    if duration == WEEK:
+        index = math.floor((now - _MONDAY) / WEEK)
+        return index, _MONDAY + (index + 1) * WEEK
+    if duration == MONTH:
+        day = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        index = day.year * 12 + day.month - 1
+        year, month = divmod(index + 1, 12)
+        end = datetime.datetime(year, month + 1, 1, tzinfo=datetime.UTC).timestamp()
+        return index, end
+    index = math.floor(now / duration)
+    return index, (index + 1) * duration
 
 
 @dataclass(slots=True)
@@ -47,8 +71,8 @@ class Budgets:
         now = self.clock()
         book = self._book(key.name, key.budget_duration, now)
         if book.total >= budget:
-            duration = key.budget_duration
-            resets_in = None if duration is None else (book.period + 1) * duration - now
+            _, end = period_of(key.budget_duration, now)
+            resets_in = None if end is None else end - now
             raise errors.budget_exceeded(key.name, book.total, budget, resets_in)
 
     def spend(self, key: ClientKey, cost: float) -> None:
@@ -59,7 +83,7 @@ class Budgets:
         book.pending += cost
 
     def _book(self, name: str, duration: float | None, now: float) -> Book:
-        period = LIFETIME if duration is None else int(now // duration)
+        period, _ = period_of(duration, now)
         book = self.books.get(name)
         if book is None or book.period != period:
             # A new period starts at nothing; what was not sent of the last one is dropped

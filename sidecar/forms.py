@@ -52,13 +52,11 @@ def parse(body: bytes, content_type: str | None) -> Form:
     if boundary is None or _BOUNDARY.fullmatch(boundary) is None:
         raise _malformed("its Content-Type names no boundary of 1 to 70 characters")
     delimiter = b"--" + boundary
-    if body.startswith(delimiter + b"\r\n"):
-        at = 0
-    else:
-        at = body.find(b"\r\n" + delimiter + b"\r\n")  # after a preamble
-        if at < 0:
-            raise _malformed("it has no part")
-        at += 2
+    # No preamble: where one ends is read differently by different parsers (a bare LF before
+    # the first delimiter, or spaces after it), and no client sends one.
+    if not body.startswith(delimiter + b"\r\n"):
+        raise _malformed("it does not begin with its boundary and a line break")
+    at = 0
     fields: dict[str, str] = {}
     model: tuple[int, int] | None = None
     while True:
@@ -102,6 +100,8 @@ def _disposition(head: bytes) -> tuple[str | None, bool]:
     for one that cannot be read one way only."""
     found: tuple[str | None, bool] | None = None
     for line in head.split(b"\r\n"):
+        if b"\n" in line or b"\r" in line:
+            raise _malformed("a part's headers hold a bare CR or LF")
         label, colon, value = line.partition(b":")
         if not colon or label != label.strip():
             raise _malformed("a part's header line is not 'Name: value'")
@@ -135,7 +135,11 @@ def _params(text: bytes, where: str) -> dict[bytes, bytes]:
         if key in params or (b"*" in key and key != b"filename*"):
             raise _malformed(f"{where} names '{key.decode()}' twice or in an extended form")
         quoted = matched.group(2)
-        params[key] = re.sub(rb"\\(.)", rb"\1", quoted) if quoted is not None else matched.group(3)
+        if quoted is not None and b"\\" in quoted:
+            # Parsers disagree on escapes in quoted strings (RFC 7578 4.2 leaves them out):
+            # one reads "a\\b" as a backslash and b, another as ab.
+            raise _malformed(f"{where} has a backslash in a quoted value")
+        params[key] = quoted if quoted is not None else matched.group(3)
         at = matched.end()
     return params
 

@@ -25,7 +25,9 @@ HOLD = 64 * 1024  # bytes of an unfinished event held back at most (the usage ch
 # or with Python's default separators (LiteLLM's, llama-cpp-python's). Searched for from the
 # end, where the usage chunk is.
 _USAGE_OBJECTS = (b'"usage":{', b'"usage": {')
-_BOUNDARIES = (b"\n\n", b"\r\n\r\n", b"\r\r")
+# A blank line after a line's end, each written with LF, CRLF or CR.
+_BOUNDARIES = (b"\n\n", b"\r\n\r\n", b"\n\r\n", b"\r\n\n", b"\r\r")
+_ENDS = (b"\n\n", b"\r\n\r\n", b"\n\r\n")
 
 
 def to_ask(endpoint: Endpoint, body: dict[str, Any]) -> bool:
@@ -35,19 +37,17 @@ def to_ask(endpoint: Endpoint, body: dict[str, Any]) -> bool:
     options = body.get("stream_options")
     if options is None:
         return True
-    # Not an object: the upstream's to refuse as it came. vLLM's continuous_usage_stats puts
-    # usage in every chunk once include_usage is on: not ours to turn on.
-    return (
-        isinstance(options, dict)
-        and options.get("include_usage") is not True
-        and not options.get("continuous_usage_stats")
-    )
+    # Not an object: the upstream's to refuse as it came.
+    return isinstance(options, dict) and options.get("include_usage") is not True
 
 
 def asking(body: dict[str, Any]) -> dict[str, Any]:
-    """The body with stream_options.include_usage on (the client's own options kept)."""
-    options = body.get("stream_options") or {}
-    return {**body, "stream_options": {**options, "include_usage": True}}
+    """The body with stream_options.include_usage on, the client's other options kept but
+    vLLM's continuous_usage_stats: that has no effect without include_usage (the stream the
+    client asked for has no usage), and with it would put usage in every chunk."""
+    options = {**(body.get("stream_options") or {}), "include_usage": True}
+    options.pop("continuous_usage_stats", None)
+    return {**body, "stream_options": options}
 
 
 Sink = Callable[[bytes, bool], bool]
@@ -68,7 +68,7 @@ class Strip:
         if self.held:
             data = self.held + data
             self.held = b""
-        if not end and not data.endswith(b"\n\n"):
+        if not end and not data.endswith(_ENDS):
             cut = _last_boundary(data)
             if len(data) - cut <= HOLD:
                 data, self.held = data[:cut], data[cut:]
@@ -78,15 +78,15 @@ class Strip:
 
 
 def without_usage(events: bytes) -> bytes:
-    """Whole events without the usage-only one among them."""
+    """Whole events without the usage-only ones among them."""
     for marker in _USAGE_OBJECTS:
         end = len(events)
         while (at := events.rfind(marker, 0, end)) >= 0:
             start = _event_start(events, at)
             stop = _next_boundary(events, at)
             if only_usage(events[start:stop]):
-                return events[:start] + events[stop:]
-            end = at
+                events = events[:start] + events[stop:]
+            end = start
     return events
 
 
@@ -97,7 +97,7 @@ def _event_start(events: bytes, at: int) -> int:
     cr = events.rfind(b"\r", line, at)  # a CR-only stream's line break
     if cr >= 0:
         line = cr + 1
-    if line == 0 or events.endswith((b"\n\n", b"\r\n\r\n", b"\r\r"), 0, line):
+    if line == 0 or events.endswith(_BOUNDARIES, 0, line):
         return line
     return _last_boundary(events, at)
 

@@ -202,3 +202,33 @@ async def test_without_redis_the_budget_is_this_processs(
         await client.chat.completions.create(model="m", messages=CHAT)
         with pytest.raises(openai.RateLimitError):
             await client.chat.completions.create(model="m", messages=CHAT)
+
+
+@pytest.mark.parametrize(
+    ("duration", "now", "resets_in"),
+    [
+        # As LiteLLM resets them, in UTC: days at midnight, weeks on Monday, 30d and 1mo on the 1st.
+        ("1d", "2026-12-02T23:59:00", 60),
+        ("7d", "2026-12-06T23:58:00", 120),  # a Sunday
+        ("30d", "2026-12-31T23:59:30", 30),
+        ("1mo", "2027-02-28T23:00:00", 3600),
+        ("2h", "2026-12-02T01:30:00", 1800),  # others: multiples of themselves since the epoch
+    ],
+)
+async def test_periods_end_where_litellms_do(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, duration: str, now: str, resets_in: int
+) -> None:
+    import datetime
+
+    sidecar = await make_sidecar(
+        table(upstream, f"max_budget: {COST / 2}\n      budget_duration: {duration}")
+    )
+    at = datetime.datetime.fromisoformat(now).replace(tzinfo=datetime.UTC).timestamp()
+    clock = sidecar.running.gateway.budgets.clock = Clock(at)
+    client = sidecar.openai(KEY)
+    await client.chat.completions.create(model="m", messages=CHAT)
+    with pytest.raises(openai.RateLimitError) as refused:
+        await client.chat.completions.create(model="m", messages=CHAT)
+    assert refused.value.response.headers["Retry-After"] == str(resets_in)
+    clock.now += resets_in
+    await client.chat.completions.create(model="m", messages=CHAT)  # a new period

@@ -267,10 +267,11 @@ def test_asking_keeps_the_clients_options() -> None:
     assert not stream_usage.to_ask(
         stream_usage.Endpoint.CHAT, {"stream": True, "stream_options": "bad"}
     )
-    assert not stream_usage.to_ask(
-        stream_usage.Endpoint.CHAT,
-        {"stream": True, "stream_options": {"continuous_usage_stats": True}},
-    )
+    # vLLM's continuous_usage_stats does nothing without include_usage: the client's stream
+    # has no usage, and the upstream is asked for the last chunk's only.
+    continuous = {"stream": True, "stream_options": {"continuous_usage_stats": True}}
+    assert stream_usage.to_ask(stream_usage.Endpoint.CHAT, continuous)
+    assert stream_usage.asking(continuous)["stream_options"] == {"include_usage": True}
     assert not stream_usage.to_ask(stream_usage.Endpoint.RESPONSES, {"stream": True})
 
 
@@ -315,3 +316,62 @@ async def test_the_genai_histograms(upstream: FakeUpstream, make_sidecar: MakeSi
     embeddings = {"gen_ai_operation_name": "embeddings", "gen_ai_request_model": "m"}
     assert _sample(text, "gen_ai_server_request_duration_count", **embeddings) == 1
     assert "# TYPE gen_ai_client_token_usage histogram" in text
+
+
+def test_mixed_line_endings_and_two_usage_chunks() -> None:
+    out: list[bytes] = []
+
+    def sink(data: bytes, end: bool) -> bool:
+        out.append(data)
+        return True
+
+    strip = stream_usage.Strip(sink)
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":1}}'
+    # Lines ended by LF, blank lines by CRLF: each read is whole events, passed at once.
+    strip(b'data: {"choices":[{"delta":{"content":"a"}}]}\n\r\n', False)
+    assert out == [b'data: {"choices":[{"delta":{"content":"a"}}]}\n\r\n']
+    strip(usage + b"\n\r\n" + usage + b"\r\n\n" + b"data: [DONE]\n\r\n", True)
+    assert out[-1] == b"data: [DONE]\n\r\n"
+
+
+async def test_a_compressing_upstream_is_asked_for_plain_bytes(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    """The OpenAI SDK accepts gzip; the usage chunk can only be taken out of plain bytes."""
+
+    async def compressing(request: web.Request, got: Received) -> web.StreamResponse:
+        reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            reply.enable_compression(web.ContentCoding.gzip)
+        await reply.prepare(request)
+        for event in [
+            *chat_chunks("served", ["x"])[:-1],
+            usage_chunk("served", 1, 1),
+            b"data: [DONE]\n\n",
+        ]:
+            await reply.write(event)
+        await reply.write_eof()
+        return reply
+
+    upstream.scripts["/v1/chat/completions"] = compressing
+    sidecar = await make_sidecar(table(upstream.base))
+    stream = await sidecar.openai(KEY).chat.completions.create(
+        model="m", messages=CHAT, stream=True
+    )
+    assert all(c.choices for c in [c async for c in stream])
+    assert upstream.last.headers["Accept-Encoding"] == "identity"
+    assert 'sidecar_tokens_total{model="m",kind="completion"} 1' in await metrics(sidecar)
+
+
+async def test_an_operators_stream_options_are_kept(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
+    """stream_options in litellm_params: the operator's choice, sent and relayed as it is."""
+    extra = "stream_options: {include_usage: true}"
+    sidecar = await make_sidecar(table(upstream.base, extra=extra))
+    stream = await sidecar.openai(KEY).chat.completions.create(
+        model="m", messages=CHAT, stream=True
+    )
+    chunks = [c async for c in stream]
+    assert chunks[-1].usage is not None and chunks[-1].choices == []
+    assert upstream.last.json()["stream_options"] == {"include_usage": True}

@@ -417,6 +417,17 @@ _FILE = b'Content-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nA
             b'Content-Disposition: form-data; name*0="mod"; name*1="el"\r\n\r\ngpt-4o',
             _FILE,
         ),
+        # Found by a hostile review against python-multipart, Go's mime/multipart, busboy
+        # and the email package, each of which read a second model here.
+        _form(
+            _MODEL + b"m",
+            b'Content-Disposition: form-data; x="\\\\"; y="; name=model; z="\r\n\r\ngpt-4o',
+            _FILE,
+        ),
+        b"X\n" + _form(_MODEL + b"gpt-4o", _MODEL + b"m", _FILE),  # a "preamble" line
+        _form(_MODEL + b"m", _FILE).replace(b"--x\r\n", b"--x \r\n", 1),
+        _form(b'X-A: b\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-4o', _MODEL + b"m"),
+        _form(b'Content-Disposition: form-data; name="mod\\el"\r\n\r\ngpt-4o', _MODEL + b"m"),
     ],
 )
 async def test_an_ambiguous_form_is_refused(
@@ -473,6 +484,7 @@ _TWO_FORMS = (
         "multipart/form-data; boundary*=utf-8''x",
         "multipart/form-data; boundary=" + "x" * 71,
         'multipart/form-data; boundary="x "',
+        'multipart/form-data; boundary="a\\b"',
     ],
 )
 async def test_an_ambiguous_boundary_is_refused(

@@ -104,15 +104,18 @@ def client_keys(raw: Any, env: Mapping[str, str]) -> list[ClientKey]:
 
 
 FIELDS = ("name", "key", "models", "rpm", "tpm", "max_budget", "budget_duration")
-# LiteLLM's durations: a whole number and s, m (minutes), h or d.
-_DURATION = re.compile(r"([1-9][0-9]{0,5})([smhd])")
+# LiteLLM's durations: a whole number and s, m (minutes), h or d; and 1mo, a calendar month
+# (as 30d is: budgets.period_of).
+_DURATION = re.compile(r"([1-9][0-9]{0,5})([smhd])|(1mo)")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def duration_seconds(value: Any, where: str) -> float:
     found = _DURATION.fullmatch(value) if isinstance(value, str) else None
     if found is None:
-        raise ConfigError(where, "must be a duration as LiteLLM writes it: 30s, 10m, 1h, 30d")
+        raise ConfigError(where, "must be a duration as LiteLLM writes it: 30s, 10m, 1h, 30d, 1mo")
+    if found.group(3):
+        return 30 * 86400.0
     return float(int(found.group(1)) * _UNIT[found.group(2)])
 
 

@@ -148,7 +148,9 @@ for c = 0, tonumber(ARGV[4]) - 1 do
   end
 end
 if fresh then
-  redis.call('SET', seqkey, seq, 'EX', 600)
+  -- Kept a day: a batch whose answer was lost is sent again once Redis is back, however long
+  -- it was away (within the day), and applied once.
+  redis.call('SET', seqkey, seq, 'EX', 86400)
 end
 return out
 """
