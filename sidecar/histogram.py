@@ -30,7 +30,6 @@ TOKEN_BUCKETS = tuple(float(4**i) for i in range(14))  # 1, 4, 16 ... 67108864
 FIRST_TOKEN_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
-GENAI_DURATION_BUCKETS = tuple(0.01 * 2**i for i in range(14))  # 0.01, 0.02 ... 81.92
 
 
 class Histogram:
@@ -57,3 +56,49 @@ class Histogram:
                 yield labels, "+Inf" if bound == float("inf") else repr(bound), running
             yield labels, "sum", series[-2]
             yield labels, "count", series[-1]
+
+
+class PairHistogram(Histogram):
+    """Two histograms of one kind under the same labels, observed together (a request's input
+    and output tokens): one lookup for both. Its samples carry `kinds` as a last label."""
+
+    __slots__ = ("kinds",)
+
+    def __init__(self, bounds: tuple[float, ...], kinds: tuple[str, str]) -> None:
+        super().__init__(bounds)
+        self.kinds = kinds
+
+    def observe_pair(self, labels: tuple[str, ...], first: float, second: float) -> None:
+        series = self.series.get(labels)
+        size = len(self.bounds) + 3
+        if series is None:
+            series = self.series[labels] = [0.0] * (2 * size)
+        series[bisect_left(self.bounds, first)] += 1
+        series[size - 2] += first
+        series[size - 1] += 1
+        series[size + bisect_left(self.bounds, second)] += 1
+        series[-2] += second
+        series[-1] += 1
+
+    def samples(self) -> Iterator[tuple[tuple[str, ...], str, float]]:
+        size = len(self.bounds) + 3
+        for labels, both in self.series.items():
+            for at, kind in enumerate(self.kinds):
+                one = Histogram(self.bounds)
+                one.series[(*labels, kind)] = both[at * size : (at + 1) * size]
+                yield from one.samples()
+
+
+def regrouped(histogram: Histogram, key: dict[str, str]) -> Histogram:
+    """The same observations under other labels: each series' first label mapped by `key`
+    (several may map to one, and are summed)."""
+    out = Histogram(histogram.bounds)
+    for labels, series in histogram.series.items():
+        labels = (key.get(labels[0], labels[0]), *labels[1:])
+        into = out.series.get(labels)
+        if into is None:
+            out.series[labels] = list(series)
+        else:
+            for i, count in enumerate(series):
+                into[i] += count
+    return out

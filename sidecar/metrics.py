@@ -11,10 +11,15 @@ from typing import Protocol
 
 from sidecar.histogram import (
     FIRST_TOKEN_BUCKETS,
-    GENAI_DURATION_BUCKETS,
     TOKEN_BUCKETS,
     Histogram,
+    PairHistogram,
+    regrouped,
 )
+from sidecar.routes import OPERATIONS
+
+# The endpoint label of our duration histogram -> gen_ai.operation.name.
+_OPERATION_OF = {e.name.lower(): operation for e, operation in OPERATIONS.items()}
 
 UNKNOWN = ""  # the model label of a request that named no configured model
 
@@ -52,9 +57,8 @@ class Metrics:
         self.ttfb = Histogram()  # by deployment
         self.tokens: defaultdict[tuple[str, str], int] = defaultdict(int)  # (model, kind)
         # OpenTelemetry's GenAI metrics, by operation and model group (and token type).
-        self.genai_tokens = Histogram(TOKEN_BUCKETS)
+        self.genai_tokens = PairHistogram(TOKEN_BUCKETS, ("input", "output"))
         self.genai_first_token = Histogram(FIRST_TOKEN_BUCKETS)
-        self.genai_duration = Histogram(GENAI_DURATION_BUCKETS)
         self.shared: SharedView | None = None  # set when a Redis is configured
         self.budgets: BudgetView | None = None  # set by the gateway
         self.tracing: TracingView | None = None  # set when tracing is configured
@@ -64,8 +68,7 @@ class Metrics:
     def usage(self, model: str, prompt: int, completion: int, operation: str) -> None:
         self.tokens[(model, "prompt")] += prompt
         self.tokens[(model, "completion")] += completion
-        self.genai_tokens.observe((operation, model, "input"), prompt)
-        self.genai_tokens.observe((operation, model, "output"), completion)
+        self.genai_tokens.observe_pair((operation, model), prompt, completion)
 
     def retry(self, model: str) -> None:
         self.retries[model] += 1
@@ -143,9 +146,10 @@ class Metrics:
         lines += _histogram(
             "gen_ai_server_request_duration",
             "Seconds from a request's arrival to its reply's end "
-            "(OpenTelemetry GenAI: gen_ai.server.request.duration).",
+            "(OpenTelemetry GenAI: gen_ai.server.request.duration): "
+            "sidecar_request_duration_seconds by operation.",
             genai,
-            self.genai_duration,
+            regrouped(self.duration, _OPERATION_OF),
         )
         lines += [
             "# HELP sidecar_tokens_total Tokens, as upstreams report them in `usage`.",
@@ -282,7 +286,6 @@ class NoMetrics(Metrics):
         self.duration = _NoHistogram()
         self.ttfb = _NoHistogram()
         self.genai_first_token = _NoHistogram()
-        self.genai_duration = _NoHistogram()
 
     def usage(self, model: str, prompt: int, completion: int, operation: str) -> None:
         pass

@@ -11,7 +11,7 @@ from sidecar.accesslog import AccessLog
 from sidecar.headers import REQUEST_ID_HEADER
 from sidecar.http.message import Request, Responder
 from sidecar.metrics import UNKNOWN, Metrics
-from sidecar.routes import MODEL_ENDPOINTS, OPERATIONS, Endpoint
+from sidecar.routes import MODEL_ENDPOINTS, Endpoint
 
 if TYPE_CHECKING:
     from sidecar.deployment import Deployment
@@ -73,7 +73,6 @@ def record(
     metrics.done(name, outcome.model, outcome.deployment, status)
     if endpoint in MODEL_ENDPOINTS:
         metrics.duration.observe((name, outcome.model), duration)
-        metrics.genai_duration.observe((OPERATIONS[endpoint], outcome.model), duration)
     if outcome.cache is not None:
         metrics.cached(outcome.model, outcome.cache)
     if outcome.cost is not None:

@@ -146,7 +146,7 @@ class Gateway:
             record(self.metrics, self.access_log, request, endpoint, outcome, status, reply)
             if outcome.trace is not None:
                 assert self.tracing is not None
-                self.tracing.record(request, endpoint, outcome, status)
+                self.tracing.record(endpoint, outcome, status)
 
     async def handle_admin(self, request: Request, reply: Responder) -> None:
         """The admin listener: health and metrics as on the API's listener; nothing else."""

@@ -78,14 +78,16 @@ class Strip:
 
 
 def without_usage(events: bytes) -> bytes:
-    """Whole events without the usage-only ones among them."""
+    """Whole events without the usage-only one among them."""
     for marker in _USAGE_OBJECTS:
         end = len(events)
         while (at := events.rfind(marker, 0, end)) >= 0:
             start = _event_start(events, at)
             stop = _next_boundary(events, at)
             if only_usage(events[start:stop]):
-                events = events[:start] + events[stop:]
+                # One a stream: it is the last event before [DONE], so nothing earlier in
+                # the read is searched (a read of a whole stream is kilobytes).
+                return events[:start] + events[stop:]
             end = start
     return events
 
