@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
@@ -95,15 +95,17 @@ def parent(headers: Mapping[str, str]) -> tuple[int, int, bool, str | None] | No
     return trace_id, span_id, bool(int(found.group(4), 16) & 1), state
 
 
-class SpanQueue(SpanProcessor):
+class SpanQueue:
     """Ended spans, held for a thread that exports them in batches. Bounded: a slow or dead
-    collector costs dropped spans, counted, never a request's time."""
+    collector costs dropped spans, counted, never a request's time. Each counter has one
+    writer (the loop's thread, or the export's), so none loses a count to the other."""
 
     def __init__(self, exporter: Any, limit: int) -> None:
         self.exporter = exporter
         self.limit = limit
         self.spans: deque[ReadableSpan] = deque()
-        self.dropped = 0  # spans a full queue could not take, or a failed export lost
+        self.refused = 0  # spans a full queue could not take (the loop's thread)
+        self.lost = 0  # spans of failed exports (the export's thread)
         self.exported = 0
         self.failures = 0  # exports the collector did not take
         self._wake = threading.Event()
@@ -112,12 +114,9 @@ class SpanQueue(SpanProcessor):
         self._thread = threading.Thread(target=self._run, name="sidecar-otlp", daemon=True)
         self._thread.start()
 
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        pass
-
     def on_end(self, span: ReadableSpan) -> None:
         if len(self.spans) >= self.limit:
-            self.dropped += 1
+            self.refused += 1
             return
         self.spans.append(span)
         if len(self.spans) >= BATCH:
@@ -140,7 +139,7 @@ class SpanQueue(SpanProcessor):
                 self.exported += len(batch)
             else:
                 self.failures += 1
-                self.dropped += len(batch)
+                self.lost += len(batch)
                 return  # the next wake tries the rest
 
     def shutdown(self, timeout: float = 2.0) -> None:
@@ -154,10 +153,6 @@ class SpanQueue(SpanProcessor):
             self._send()
         self._closed = True
         self.exporter.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        self._wake.set()
-        return True
 
 
 class Tracing:
@@ -252,7 +247,7 @@ class Tracing:
     def counts(self) -> tuple[int, int, int]:
         """For /metrics: spans exported, spans dropped, failed exports."""
         queue = self.queue
-        return queue.exported, queue.dropped, queue.failures
+        return queue.exported, queue.refused + queue.lost, queue.failures
 
     def shutdown(self) -> None:
         self.queue.shutdown()
