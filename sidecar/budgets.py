@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from sidecar import errors
 from sidecar.auth import ClientKey
+from sidecar.shared.ledger import Ledger
 
 LIFETIME = 0  # the one period of a key without budget_duration
 DAY = 86400.0
@@ -56,6 +57,7 @@ class Budgets:
         self.books: dict[str, Book] = {}  # by key name: survives reloads
         self.durations: dict[str, float | None] = {}  # keys with a budget, by name
         self.maxima: dict[str, float] = {}
+        self.shared: Ledger | None = None  # shared state: on_redis_down deny governs budgets too
 
     def watch(self, keys: Iterable[ClientKey]) -> None:
         """The keys of a (re)loaded table that have a budget: these are synced."""
@@ -68,6 +70,8 @@ class Budgets:
         budget = key.max_budget
         if budget is None:
             return
+        if self.shared is not None and self.shared.denying:
+            raise errors.shared_state_down()  # the sum is everyone's, and cannot be read now
         now = self.clock()
         book = self._book(key.name, key.budget_duration, now)
         if book.total >= budget:

@@ -75,7 +75,7 @@ class Gateway:
         self.budgets = Budgets()
         self.tracing: Tracing | None = None  # OpenTelemetry, when configured (server.start)
         metrics.budgets = self.budgets
-        self.router.shared = self.limits.shared = shared
+        self.router.shared = self.limits.shared = self.budgets.shared = shared
         self.sync: Sync | None = None  # shared state's sync, once started (server.start)
         self.cache: Cache | None = None  # the response cache, when configured (server.start)
         self.attempts = Attempts(self.router, pool, metrics)

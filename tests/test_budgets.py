@@ -232,3 +232,30 @@ async def test_periods_end_where_litellms_do(
     assert refused.value.response.headers["Retry-After"] == str(resets_in)
     clock.now += resets_in
     await client.chat.completions.create(model="m", messages=CHAT)  # a new period
+
+
+async def test_on_redis_down_deny_governs_budgets_too(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar, redis: RedisServer
+) -> None:
+    """Everyone's spend cannot be read: a budgeted key gets 503 under deny, others are served."""
+    namespace = f"budget-{uuid.uuid4().hex[:8]}"
+    text = table(upstream, "max_budget: 10")
+    text += f"router_settings:\n  redis_host: 127.0.0.1\n  redis_port: {redis.port}\n"
+    text = text.replace(
+        "sidecar_settings:\n",
+        f"sidecar_settings:\n  shared_state:\n    namespace: {namespace}\n"
+        "    sync_interval: 0.05\n    on_redis_down: deny\n",
+    )
+    sidecar = await make_sidecar(text)
+    client = sidecar.openai(KEY)
+    await client.chat.completions.create(model="m", messages=CHAT)
+    redis.stop()
+    sync = sidecar.running.gateway.sync
+    assert sync is not None
+    await sync.tick()
+    with pytest.raises(openai.InternalServerError) as refused:
+        await client.chat.completions.create(model="m", messages=CHAT)
+    assert refused.value.status_code == 503
+    assert isinstance(refused.value.body, dict)
+    assert refused.value.body["code"] == "shared_state_unavailable"
+    await sidecar.openai("sk-budget-master").chat.completions.create(model="m", messages=CHAT)
