@@ -8,10 +8,12 @@ import json
 
 import aiohttp
 import pytest
+from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from sidecar.deployment import ConfigError
-from tests.conftest import MakeSidecar
-from tests.fakes import FakeUpstream
+from tests.conftest import MakeSidecar, Sidecar
+from tests.fakes import FakeUpstream, Received
 
 KEY = "sk-cost-test-key"
 IN, OUT = 0.000002, 0.000010  # USD per token
@@ -79,35 +81,37 @@ async def test_a_whole_reply_says_what_it_cost(
     assert costs == [pytest.approx(CHAT_COST), pytest.approx(TEXT_COST)]
 
 
-async def test_an_upstreams_own_cost_header_gives_way(make_sidecar: MakeSidecar) -> None:
-    from aiohttp import web
+# A chat reply with the fake's usage, as a script writes it.
+USAGE_REPLY = {
+    "object": "chat.completion",
+    "choices": [],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 3},
+}
 
-    from tests.fakes import Received
 
-    upstream = await FakeUpstream().start()
+async def priced_chat(sidecar: Sidecar) -> tuple[bytes, CIMultiDictProxy[str]]:
+    """A chat call to the priced group: (the body, the headers) the client got."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            sidecar.url + "/v1/chat/completions",
+            json={"model": "priced", "messages": []},
+            headers={"Authorization": f"Bearer {KEY}"},
+        ) as r,
+    ):
+        return await r.read(), r.headers
 
+
+async def test_an_upstreams_own_cost_header_gives_way(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
     async def with_cost(request: web.Request, got: Received) -> web.StreamResponse:
-        body = {
-            "object": "chat.completion",
-            "choices": [],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 3},
-        }
-        return web.json_response(body, headers={"x-litellm-response-cost": "99"})
+        return web.json_response(USAGE_REPLY, headers={"x-litellm-response-cost": "99"})
 
     upstream.scripts["/v1/chat/completions"] = with_cost
-    try:
-        sidecar = await make_sidecar(table(upstream, "litellm_params"))
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(
-                sidecar.url + "/v1/chat/completions",
-                json={"model": "priced", "messages": []},
-                headers={"Authorization": f"Bearer {KEY}"},
-            ) as r,
-        ):
-            assert r.headers.getall("x-litellm-response-cost") == [f"{CHAT_COST:.10g}"]
-    finally:
-        await upstream.stop()
+    sidecar = await make_sidecar(table(upstream, "litellm_params"))
+    _, headers = await priced_chat(sidecar)
+    assert headers.getall("x-litellm-response-cost") == [f"{CHAT_COST:.10g}"]
 
 
 @pytest.mark.parametrize(
@@ -146,20 +150,11 @@ async def test_counting_tokens_costs_nothing(
             assert "sidecar_spend_usd_total{" not in await r.text()
 
 
-async def test_a_chunked_whole_reply_says_what_it_cost(make_sidecar: MakeSidecar) -> None:
+async def test_a_chunked_whole_reply_says_what_it_cost(
+    upstream: FakeUpstream, make_sidecar: MakeSidecar
+) -> None:
     """A JSON reply sent without a Content-Length (chunked) is still a whole reply."""
-    from aiohttp import web
-
-    from tests.fakes import Received
-
-    upstream = await FakeUpstream().start()
-    body = json.dumps(
-        {
-            "object": "chat.completion",
-            "choices": [],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 3},
-        }
-    ).encode()
+    body = json.dumps(USAGE_REPLY).encode()
 
     async def chunked(request: web.Request, got: Received) -> web.StreamResponse:
         reply = web.StreamResponse(
@@ -173,18 +168,8 @@ async def test_a_chunked_whole_reply_says_what_it_cost(make_sidecar: MakeSidecar
         return reply
 
     upstream.scripts["/v1/chat/completions"] = chunked
-    try:
-        sidecar = await make_sidecar(table(upstream, "model_info"))
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(
-                sidecar.url + "/v1/chat/completions",
-                json={"model": "priced", "messages": []},
-                headers={"Authorization": f"Bearer {KEY}"},
-            ) as r,
-        ):
-            assert await r.read() == body
-            assert r.headers.getall("x-sidecar-cost") == [f"{CHAT_COST:.10g}"]
-            assert r.headers.getall("x-litellm-response-cost") == [f"{CHAT_COST:.10g}"]
-    finally:
-        await upstream.stop()
+    sidecar = await make_sidecar(table(upstream, "model_info"))
+    got, headers = await priced_chat(sidecar)
+    assert got == body
+    assert headers.getall("x-sidecar-cost") == [f"{CHAT_COST:.10g}"]
+    assert headers.getall("x-litellm-response-cost") == [f"{CHAT_COST:.10g}"]

@@ -43,6 +43,13 @@ def streamed(upstream: FakeUpstream) -> list[Received]:
     return [r for r in upstream.received if r.json().get("stream")]
 
 
+def asked_for_usage(upstream: FakeUpstream) -> Received:
+    """The one stream the upstream received, which asked for its usage and nothing more."""
+    (received,) = streamed(upstream)
+    assert received.json()["stream_options"] == {"include_usage": True}
+    return received
+
+
 async def test_a_stream_without_usage_is_counted_and_unchanged(
     upstream: FakeUpstream, make_sidecar: MakeSidecar, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -53,8 +60,7 @@ async def test_a_stream_without_usage_is_counted_and_unchanged(
     # What a client that never asked for usage reads: every chunk has its choice.
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello from upstream"
     assert all(c.usage is None for c in chunks)
-    (received,) = streamed(upstream)
-    assert received.json()["stream_options"] == {"include_usage": True}
+    asked_for_usage(upstream)
     text = await metrics(sidecar)
     assert 'sidecar_tokens_total{model="m",kind="prompt"} 5' in text
     assert 'sidecar_tokens_total{model="m",kind="completion"} 3' in text
@@ -77,8 +83,7 @@ async def test_a_stream_that_asked_for_usage_is_as_it_came(
     chunks = [c async for c in stream]
     assert chunks[-1].choices == []
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 8
-    (received,) = streamed(upstream)
-    assert received.json()["stream_options"] == {"include_usage": True}
+    asked_for_usage(upstream)
     assert 'sidecar_tokens_total{model="m",kind="prompt"} 5' in await metrics(sidecar)
 
 
@@ -91,8 +96,7 @@ async def test_include_usage_false_is_asked_and_stripped(
     )
     chunks = [c async for c in stream]
     assert [c.choices[0].text for c in chunks] == ["Once", " upon", " a time"]
-    (received,) = streamed(upstream)
-    assert received.json()["stream_options"] == {"include_usage": True}
+    asked_for_usage(upstream)
     assert 'sidecar_tokens_total{model="m",kind="completion"} 4' in await metrics(sidecar)
 
 
@@ -105,9 +109,7 @@ async def test_chat_over_a_text_upstream_is_stripped_after_translation(
     )
     chunks = [c async for c in stream]
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Once upon a time"
-    (received,) = streamed(upstream)
-    assert received.path == "/v1/completions"
-    assert received.json()["stream_options"] == {"include_usage": True}
+    assert asked_for_usage(upstream).path == "/v1/completions"
     assert 'sidecar_tokens_total{model="m",kind="completion"} 4' in await metrics(sidecar)
 
 

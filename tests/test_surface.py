@@ -835,14 +835,19 @@ async def test_a_streamed_messages_usage_is_counted(
         return await sse(request, message_events("served-0", ["a", "b", "c"]), pause=0.02)
 
     upstream.scripts["/v1/messages"] = paced
-    sidecar = await make_sidecar(table(upstream))
+    await stream_is_counted(await make_sidecar(table(upstream)), "abc")
+
+
+async def stream_is_counted(sidecar: Sidecar, text: str) -> None:
+    """A Messages stream through Anthropic's SDK gives `text`, and its tokens are counted:
+    5 in (from its first event) and 3 out (from its last)."""
     async with (
         claude(sidecar) as client,
         client.messages.stream(
             model="m", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
         ) as stream,
     ):
-        assert "".join([t async for t in stream.text_stream]) == "abc"
+        assert "".join([t async for t in stream.text_stream]) == text
     async with aiohttp.ClientSession() as http, http.get(sidecar.url + "/metrics") as r:
         metrics = await r.text()
     assert 'sidecar_tokens_total{model="m",kind="prompt"} 5' in metrics
@@ -856,18 +861,7 @@ async def test_a_close_delimited_messages_stream_is_counted(make_sidecar: MakeSi
     events = message_events("served-0", ["a", "b"])
     upstream = await RawUpstream(pieces=[head, *events], pause=0.02).start()
     try:
-        sidecar = await make_sidecar(table(upstream))  # type: ignore[arg-type]
-        async with (
-            claude(sidecar) as client,
-            client.messages.stream(
-                model="m", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
-            ) as stream,
-        ):
-            assert "".join([t async for t in stream.text_stream]) == "ab"
-        async with aiohttp.ClientSession() as http, http.get(sidecar.url + "/metrics") as r:
-            metrics = await r.text()
-        assert 'sidecar_tokens_total{model="m",kind="prompt"} 5' in metrics
-        assert 'sidecar_tokens_total{model="m",kind="completion"} 3' in metrics
+        await stream_is_counted(await make_sidecar(table(upstream)), "ab")  # type: ignore[arg-type]
     finally:
         await upstream.stop()
 
