@@ -55,15 +55,12 @@ class Budgets:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.books: dict[str, Book] = {}  # by key name: survives reloads
-        self.durations: dict[str, float | None] = {}  # keys with a budget, by name
-        self.maxima: dict[str, float] = {}
+        self.budgeted: dict[str, ClientKey] = {}  # the table's keys with a budget, by name
         self.shared: Ledger | None = None  # shared state: on_redis_down deny governs budgets too
 
     def watch(self, keys: Iterable[ClientKey]) -> None:
         """The keys of a (re)loaded table that have a budget: these are synced."""
-        budgeted = [k for k in keys if k.max_budget is not None]
-        self.durations = {k.name: k.budget_duration for k in budgeted}
-        self.maxima = {k.name: k.max_budget for k in budgeted if k.max_budget is not None}
+        self.budgeted = {k.name: k for k in keys if k.max_budget is not None}
 
     def check(self, key: ClientKey) -> None:
         """The key's 429 when it has spent its budget in this period."""
@@ -73,21 +70,20 @@ class Budgets:
         if self.shared is not None and self.shared.denying:
             raise errors.shared_state_down()  # the sum is everyone's, and cannot be read now
         now = self.clock()
-        book = self._book(key.name, key.budget_duration, now)
+        period, end = period_of(key.budget_duration, now)
+        book = self._book(key.name, period)
         if book.total >= budget:
-            _, end = period_of(key.budget_duration, now)
             resets_in = None if end is None else end - now
             raise errors.budget_exceeded(key.name, book.total, budget, resets_in)
 
     def spend(self, key: ClientKey, cost: float) -> None:
         if key.max_budget is None or cost <= 0:
             return
-        book = self._book(key.name, key.budget_duration, self.clock())
+        book = self._book(key.name, period_of(key.budget_duration, self.clock())[0])
         book.total += cost
         book.pending += cost
 
-    def _book(self, name: str, duration: float | None, now: float) -> Book:
-        period, _ = period_of(duration, now)
+    def _book(self, name: str, period: int) -> Book:
         book = self.books.get(name)
         if book is None or book.period != period:
             # A new period starts at nothing; what was not sent of the last one is dropped
@@ -101,8 +97,9 @@ class Budgets:
         the sync's, which sends them until Redis has them."""
         now = self.clock()
         out = []
-        for name, duration in self.durations.items():
-            book = self._book(name, duration, now)
+        for name, key in self.budgeted.items():
+            duration = key.budget_duration
+            book = self._book(name, period_of(duration, now)[0])
             out.append(
                 (name, book.period, book.pending, 0 if duration is None else int(duration * 2) + 60)
             )
@@ -118,4 +115,7 @@ class Budgets:
     def spent(self) -> list[tuple[str, float, float]]:
         """For /metrics: each budgeted key's spend in its current period, and its budget."""
         now = self.clock()
-        return [(n, self._book(n, d, now).total, self.maxima[n]) for n, d in self.durations.items()]
+        return [
+            (n, self._book(n, period_of(k.budget_duration, now)[0]).total, k.max_budget or 0.0)
+            for n, k in self.budgeted.items()
+        ]

@@ -157,7 +157,6 @@ class SpanQueue:
 
 class Tracing:
     def __init__(self, settings: OtelSettings, exporter: Any = None) -> None:
-        self.settings = settings
         self.resource = Resource.create(
             {"service.name": settings.service_name, "service.version": __version__}
         )

@@ -147,7 +147,7 @@ class Sync:
             return
         self._unconfirmed = None
         self._apply(out, tallies, watched)
-        if self.budgets is not None and self.budgets.durations:
+        if self.budgets is not None and self.budgets.budgeted:
             await self._share_spend(self.budgets)
 
     async def _share_spend(self, budgets: Budgets) -> None:
